@@ -1,0 +1,184 @@
+"""Run directories: config.json, model.safetensors, tokenizer.json, trainer_state/, checkpoints/.
+
+Every file is written atomically (temporary name, then rename) and read without unpickling
+arbitrary objects: weights are safetensors, state is JSON or `torch.load(weights_only=True)`.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.config import RunConfig, from_dict, to_dict
+from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.model import GPT
+from lmforge.tokenizer import Tokenizer, write_text_atomic
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+STATE_DIR = "trainer_state"
+STATE_FILE = "state.pt"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights without torch.compile/DDP prefixes, each shared (tied) tensor stored once."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        for prefix in _WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors
+
+
+def save_weights(model: nn.Module, path: Path, step: int = 0) -> None:
+    """model.safetensors, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(clean_state_dict(model), str(tmp), metadata={"format": "pt", "step": str(step)})
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights, naming any tensor that is missing or has the wrong shape."""
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file {path}; the run has no saved checkpoint")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({exc}); use another checkpoint"
+        ) from None
+    expected = clean_state_dict(model)
+    for name, tensor in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{path} lacks tensor {name}; was it saved by another model?")
+        if tensors[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, the config "
+                f"expects {tuple(tensor.shape)}"
+            )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path} holds tensors this model does not have: {unexpected[:5]}")
+    model.load_state_dict(tensors, strict=False)  # tied weights appear once in the file
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make target a hard link to source (a copy where links fail), replacing it atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None:
+    """The files that describe a run: resolved config.json and tokenizer.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2))
+    tokenizer.save(run_dir / TOKENIZER_FILE)
+
+
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, trainer_state: dict[str, Any], is_best: bool, keep_last: int
+) -> Path:
+    """Write checkpoints/step_N atomically, mirror it at the top level, keep the last K and best."""
+    step = trainer_state["state"]["step"]
+    final = run_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / STATE_DIR).mkdir(parents=True)
+    save_weights(model, tmp / MODEL_FILE, step)
+    torch.save(trainer_state, tmp / STATE_DIR / STATE_FILE)
+    write_text_atomic(tmp / STATE_DIR / "state.json", json.dumps(trainer_state["state"], indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (run_dir / STATE_DIR).mkdir(exist_ok=True)
+    for name in (STATE_FILE, "state.json"):
+        _link_or_copy(final / STATE_DIR / name, run_dir / STATE_DIR / name)
+    _link_or_copy(final / MODEL_FILE, run_dir / MODEL_FILE)
+    if is_best:
+        (run_dir / BEST_DIR).mkdir(exist_ok=True)
+        _link_or_copy(final / MODEL_FILE, run_dir / BEST_DIR / MODEL_FILE)
+        _link_or_copy(final / STATE_DIR / "state.json", run_dir / BEST_DIR / "state.json")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first (a .tmp one was cut short and is ignored)."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """The optimizer/progress/RNG state of a checkpoint directory (tensors and plain data only)."""
+    path = checkpoint / STATE_DIR / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"missing trainer state {path}; cannot resume from it") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run was trained with."""
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    try:
+        return from_dict(RunConfig, json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} is not a valid lmforge config: {exc}") from None
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The model a config describes, randomly initialised."""
+    return GPT(cfg.model)
+
+
+def check_vocab(tokenizer: Tokenizer, cfg: RunConfig, where: str) -> None:
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+            f"{cfg.model.vocab_size} (model.vocab_size); use the tokenizer the model was "
+            "trained with"
+        )
+
+
+def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.Module, Tokenizer]:
+    """(config, model in eval mode, tokenizer) of a run; `which` is latest or best."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    try:
+        tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE)
+    except LMForgeError as exc:
+        raise CheckpointError(str(exc)) from None
+    check_vocab(tokenizer, cfg, str(run_dir))
+    model = build_model(cfg)
+    weights = run_dir / (MODEL_FILE if which == "latest" else f"{BEST_DIR}/{MODEL_FILE}")
+    load_weights(model, weights)
+    return cfg, model.eval(), tokenizer

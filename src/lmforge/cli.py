@@ -1,0 +1,267 @@
+"""The `lmforge` command line: one argparse verb per job; the only place that exits."""
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from lmforge import jobs
+from lmforge.config import SamplingConfig, all_keys, load_config
+from lmforge.errors import LMForgeError
+
+EXAMPLES = """examples:
+  lmforge prepare  --input builtin:python-docs --out data/docs
+  lmforge pretrain --config configs/gpt-nano-cpu.yaml --data data/docs --out runs/nano
+  lmforge pretrain --resume runs/nano --set train.max_steps=4000
+  lmforge generate runs/nano --prompt "The list type" --temperature 0.8 --top-k 50
+  lmforge evaluate runs/nano
+  lmforge config show
+"""
+
+
+def _config_keys_epilog() -> str:
+    lines = ["config keys (--set section.key=value):"]
+    lines += [f"  {key:<26} {default!r:<12} {help}" for key, default, help in all_keys()]
+    return "\n".join(lines)
+
+
+def _add_prepare(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "prepare",
+        help="clean a corpus, train a tokenizer, write token shards",
+        description="Read text, clean and dedup it, train a tokenizer and write "
+        "train/val token shards (*.bin + meta.json) into --out.",
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="files, directories, globs, .jsonl (text field) or builtin:python-docs",
+    )
+    p.add_argument("--out", required=True, type=Path, help="data directory to write")
+    p.add_argument(
+        "--tokenizer",
+        choices=["bpe", "char"],
+        default="bpe",
+        help="byte-level BPE (default) or one token per character",
+    )
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size")
+    p.add_argument(
+        "--tokenizer-file",
+        type=Path,
+        help="reuse an existing tokenizer.json instead of training one",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of documents held out for validation"
+    )
+    p.add_argument("--min-chars", type=int, default=16, help="drop shorter documents")
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace", "ignore"],
+        default="strict",
+        help="what to do with invalid UTF-8 (default: stop and say where)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_pretrain(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "pretrain",
+        help="train a GPT from scratch (or resume a run)",
+        description="Pretrain a causal language model on prepared shards.",
+        epilog=_config_keys_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="YAML/JSON/TOML config (non-defaults only)")
+    p.add_argument("--data", type=Path, help="data directory from `lmforge prepare`")
+    p.add_argument("--out", type=Path, help="run directory to create")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_steps=2000 (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_generate(verbs: argparse._SubParsersAction) -> None:
+    d = SamplingConfig()
+    p = verbs.add_parser(
+        "generate",
+        help="sample text from a trained run",
+        description="Continue a prompt; only the generated text goes to stdout.",
+    )
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 disables")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw")
+    p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
+
+
+def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "evaluate",
+        help="perplexity of a run on a prepared split",
+        description="Loss and perplexity over a whole split of prepared data.",
+    )
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--data", type=Path, help="data directory (default: the run's own)")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Train, sample and evaluate language models, from raw text.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_prepare(verbs)
+    _add_pretrain(verbs)
+    _add_generate(verbs)
+    _add_evaluate(verbs)
+    config = verbs.add_parser("config", help="show every config key with its default")
+    config.add_argument("action", choices=["show"])
+    config.add_argument("--config", type=Path, help="show this file's resolved values")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    meta = jobs.prepare(
+        jobs.PrepareOptions(
+            inputs=args.input,
+            out=args.out,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
+            val_fraction=args.val_fraction,
+            min_chars=args.min_chars,
+            encoding_errors=args.encoding_errors,
+            tokenizer_file=args.tokenizer_file,
+            overwrite=args.overwrite,
+        )
+    )
+    splits = meta["splits"]
+    print(
+        f"wrote {args.out}: {meta['tokenizer_kind']} tokenizer, {meta['vocab_size']} tokens; "
+        f"train {splits['train']['tokens']:,} tokens ({splits['train']['documents']} docs), "
+        f"val {splits['val']['tokens']:,} tokens ({splits['val']['documents']} docs)"
+    )
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    if args.resume:
+        if args.config or args.data or args.out:
+            raise LMForgeError(
+                "--resume RUN takes the run's own config; drop --config/--data/--out"
+            )
+        summary = jobs.resume(args.resume, args.set)
+    else:
+        if not args.out:
+            raise LMForgeError("pretrain needs --out RUN_DIR (or --resume RUN)")
+        sets = [*args.set, f"data.dir={args.data}"] if args.data else args.set
+        summary = jobs.pretrain(load_config(args.config, sets), args.out, args.overwrite)
+    first, last = summary["first_val_loss"], summary["last_val_loss"]
+    print(f"trained {summary['steps']} steps -> {summary['run_dir']}")
+    if math.isfinite(first) and math.isfinite(last):
+        print(
+            f"val loss {first:.4f} -> {last:.4f}; perplexity {math.exp(first):.2f} -> "
+            f"{math.exp(last):.2f} ({math.exp(first - last):.1f}x lower)"
+        )
+    if summary["skipped_steps"]:
+        print(f"warning: {summary['skipped_steps']} steps were skipped as non-finite")
+    print(f"loss plot: {summary['loss_plot']}")
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        raise LMForgeError("--num-samples must be >= 1")
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        sampling = SamplingConfig(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=seed,
+        )
+        for piece in jobs.generate(args.run, args.prompt, sampling, args.stop, args.checkpoint):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if i + 1 < args.num_samples:
+            sys.stdout.write("\n")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    result = jobs.evaluate(args.run, args.data, args.split)
+    if args.json:
+        print(
+            json.dumps(
+                {"loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens}
+            )
+        )
+    else:
+        print(
+            f"{args.split}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "
+            f"over {result.tokens:,} tokens"
+        )
+
+
+def _run_config(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.set)
+    from lmforge.config import to_dict
+
+    values = to_dict(cfg)
+    for key, _, help in all_keys():
+        section, name = key.split(".")
+        print(f"{key:<26} {values[section][name]!r:<12} {help}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lmforge` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {
+        "prepare": _run_prepare,
+        "pretrain": _run_pretrain,
+        "generate": _run_generate,
+        "evaluate": _run_evaluate,
+        "config": _run_config,
+    }
+    try:
+        handlers[args.verb](args)
+    except LMForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; a run can continue from its last checkpoint with "
+            "`lmforge pretrain --resume RUN`",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

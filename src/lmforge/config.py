@@ -1,0 +1,284 @@
+"""Every configuration dataclass, and loading them from YAML/JSON/TOML files plus `--set` overrides.
+
+Configs are frozen, keyword-only dataclasses validated at construction. No torch import here.
+"""
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmforge.errors import ConfigError
+
+
+def param(default: Any, help: str) -> Any:
+    """A dataclass field with a default and the help text shown by `--help` and `config show`."""
+    return field(default=default, metadata={"help": help})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """Shape and flavour of the Transformer."""
+
+    arch: str = param("gpt", "model family: gpt (decoder-only causal LM)")
+    vocab_size: int = param(0, "vocabulary size; 0 takes it from the data's tokenizer")
+    block_size: int = param(256, "context length in tokens")
+    n_layer: int = param(6, "number of Transformer blocks")
+    n_head: int = param(6, "attention heads per block")
+    n_kv_head: int = param(0, "key/value heads for grouped-query attention; 0 means n_head")
+    n_embd: int = param(384, "width of the residual stream; must be divisible by n_head")
+    dropout: float = param(0.0, "dropout probability on attention, residual and embeddings")
+    bias: bool = param(True, "use biases in Linear and LayerNorm layers")
+    pos_emb: str = param("learned", "position encoding: learned (GPT-2) or rope (rotary)")
+    rope_theta: float = param(10000.0, "RoPE base frequency")
+    tie_weights: bool = param(True, "share the token embedding with the output head")
+    activation: str = param("gelu_tanh", "MLP activation: gelu_tanh (GPT-2) or gelu (exact erf)")
+    ln_eps: float = param(1e-5, "LayerNorm epsilon")
+    init_std: float = param(0.02, "standard deviation of the normal weight initialisation")
+
+    def __post_init__(self) -> None:
+        _require(self.arch == "gpt", f"model.arch: unknown architecture {self.arch!r}; use 'gpt'")
+        _require(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = take it from the data)")
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            _require(getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        _require(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+            f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}",
+        )
+        _require(self.n_kv_head >= 0, "model.n_kv_head must be >= 0 (0 = n_head)")
+        _require(
+            self.n_head % self.kv_heads == 0,
+            f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})",
+        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.pos_emb in ("learned", "rope"), "model.pos_emb must be 'learned' or 'rope'")
+        _require(
+            self.pos_emb != "rope" or self.head_dim % 2 == 0,
+            f"model.pos_emb=rope needs an even head size, got n_embd/n_head = {self.head_dim}",
+        )
+        _require(
+            self.activation in ("gelu_tanh", "gelu"), "model.activation must be gelu_tanh or gelu"
+        )
+        _require(self.ln_eps > 0 and self.init_std > 0, "model.ln_eps and init_std must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """Optimisation, schedule, evaluation and checkpointing of one training run."""
+
+    max_steps: int = param(2000, "optimizer steps to train for")
+    batch_size: int = param(12, "sequences per micro-batch")
+    grad_accum: int = param(1, "micro-batches accumulated per optimizer step")
+    lr: float = param(1e-3, "peak learning rate, reached after warmup")
+    min_lr: float = param(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = param(100, "steps of linear warmup from 0 to lr")
+    weight_decay: float = param(0.1, "AdamW decoupled weight decay on 2-D weights")
+    beta1: float = param(0.9, "AdamW beta1")
+    beta2: float = param(0.99, "AdamW beta2")
+    eps: float = param(1e-8, "AdamW epsilon")
+    grad_clip: float = param(1.0, "clip the global gradient norm to this; 0 disables")
+    eval_interval: int = param(250, "evaluate every this many steps (and at the start and end)")
+    eval_batches: int = param(50, "validation batches per evaluation")
+    checkpoint_interval: int = param(
+        500, "write a checkpoint every this many steps (and at the end)"
+    )
+    keep_last: int = param(2, "checkpoints kept besides the best one")
+    log_interval: int = param(10, "steps between metrics.jsonl records")
+    max_bad_steps: int = param(5, "consecutive non-finite steps that stop the run")
+    seed: int = param(1337, "seed of every random choice (init, batches, dropout)")
+    device: str = param("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = param("float32", "float32, or bfloat16 autocast (only fast on GPUs)")
+    compile: bool = param(False, "compile the model with torch.compile")
+    progress: bool = param(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
+            _require(getattr(self, name) > 0, f"train.{name} must be a positive integer")
+        for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "max_bad_steps"):
+            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0")
+        _require(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _require(self.lr > 0, "train.lr must be > 0")
+        _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}]")
+        _require(
+            self.warmup_steps <= self.max_steps,
+            f"train.warmup_steps ({self.warmup_steps}) must be <= train.max_steps "
+            f"({self.max_steps})",
+        )
+        _require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay, grad_clip >= 0")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
+        _require(self.eps > 0, "train.eps must be > 0")
+        _require(self.dtype in ("float32", "bfloat16"), "train.dtype must be float32 or bfloat16")
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"train.device: unknown device {self.device!r}; use auto, cpu or cuda",
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig:
+    """Where the token shards written by `lmforge prepare` live."""
+
+    dir: str = param("", "data directory made by `lmforge prepare` (meta.json + *.bin)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """Everything a training run needs; written resolved to the run's config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SamplingConfig:
+    """How to pick each generated token."""
+
+    max_new_tokens: int = param(200, "tokens to generate")
+    temperature: float = param(0.8, "softmax temperature; 0 is greedy (argmax)")
+    top_k: int = param(0, "sample among the k most likely tokens; 0 disables")
+    top_p: float = param(1.0, "sample from the smallest set with this much probability mass")
+    seed: int | None = param(None, "seed for reproducible sampling")
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 0, "--max-new-tokens must be >= 0")
+        _require(self.temperature >= 0, "--temperature must be >= 0 (0 is greedy)")
+        _require(self.top_k >= 0, "--top-k must be >= 0 (0 disables top-k)")
+        _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check `value` against a field type, accepting ints for floats and numeric strings."""
+    args = typing.get_args(kind)
+    if args and type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif (kind is int and isinstance(value, int) and not isinstance(value, bool)) or (
+        kind in (bool, str) and isinstance(value, kind)
+    ):
+        return value
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(_unknown_key_message(where, [f"{prefix}{n}" for n in names]))
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = from_dict(hints[key], value, prefix=f"{where}.")
+        else:
+            kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every leaf key as (dotted name, default, help), for `config show` and error hints."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", f.default, f.metadata.get("help", "")))
+    return rows
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown config key {key}{hint}"
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, JSON or TOML config file (chosen by extension) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, e.g. 'model:'")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides; each value is parsed as YAML (int/float/bool/list)."""
+    known = [key for key, _, _ in all_keys()]
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+        if key not in known:
+            raise ConfigError(_unknown_key_message(key, known))
+        section, name = key.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_config(path: str | Path | None, sets: list[str] | None = None) -> RunConfig:
+    """Read a config file (or the defaults when `path` is None) and apply `--set` overrides."""
+    data = read_config_file(path) if path else {}
+    return from_dict(RunConfig, apply_overrides(data, sets or []))

@@ -1,0 +1,1 @@
+"""Data pipeline: corpus reading and cleaning, token shards, batch builders."""

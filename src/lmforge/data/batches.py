@@ -1,0 +1,40 @@
+"""Batches and the pure builders that make them; every random choice takes a torch.Generator."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Model inputs and the targets the loss compares against (-100 = ignored position)."""
+
+    inputs: torch.Tensor  # (B, T) token ids
+    targets: torch.Tensor  # (B, T) next-token ids
+
+    def to(self, device: torch.device | str) -> "Batch":
+        non_blocking = torch.device(device).type == "cuda"
+        return Batch(
+            self.inputs.to(device, non_blocking=non_blocking),
+            self.targets.to(device, non_blocking=non_blocking),
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.inputs.numel()
+
+
+def clm_batch(windows: torch.Tensor) -> Batch:
+    """Causal-LM batch from windows (B, T+1): inputs are tokens 0..T-1, targets tokens 1..T."""
+    return Batch(inputs=windows[:, :-1], targets=windows[:, 1:])
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A generator determined by (seed, *keys) alone, e.g. (seed, step, micro, rank).
+
+    Batches drawn from it depend on nothing but the step, so a resumed run sees exactly the
+    batches an uninterrupted one would, and each rank draws its own.
+    """
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)

@@ -1,0 +1,217 @@
+"""Token shards: documents encoded in parallel into uint16/uint32 `.bin` memmaps + `meta.json`."""
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.data.corpus import Document
+from lmforge.errors import DataError
+from lmforge.tokenizer import Tokenizer, write_text_atomic
+
+META_FILE = "meta.json"
+FORMAT = "lmforge-shards/1"
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits in 16 bits, uint32 once the vocabulary exceeds 65,535."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+@dataclass
+class _SplitWriter:
+    """Appends token arrays to numbered shard files of at most shard_tokens tokens."""
+
+    directory: Path
+    split: str
+    dtype: np.dtype
+    shard_tokens: int
+    files: list[dict[str, Any]] = field(default_factory=list)
+    documents: int = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if not self.files or self.files[-1]["tokens"] >= self.shard_tokens:
+                self.files.append({"name": f"{self.split}_{len(self.files):03d}.bin", "tokens": 0})
+            room = self.shard_tokens - self.files[-1]["tokens"]
+            with (self.directory / self.files[-1]["name"]).open("ab") as handle:
+                handle.write(tokens[:room].astype(self.dtype).tobytes())
+            self.files[-1]["tokens"] += len(tokens[:room])
+            tokens = tokens[room:]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "tokens": sum(f["tokens"] for f in self.files),
+            "documents": self.documents,
+        }
+
+
+def _document_batches(documents: Iterable[Document], max_chars: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    size = 0
+    for doc in documents:
+        batch.append(doc)
+        size += len(doc.text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encode_documents(
+    documents: Iterable[Document], tokenizer: Tokenizer, batch_chars: int
+) -> Iterator[tuple[Document, np.ndarray]]:
+    """Each document's tokens, preceded by <|endoftext|> unless it continues the previous one."""
+    eot = tokenizer.eot_id
+    for batch in _document_batches(documents, batch_chars):
+        texts = [("\n\n" + d.text) if d.continued else d.text for d in batch]
+        for doc, ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
+            yield doc, np.asarray(ids if doc.continued else [eot, *ids], dtype=np.int64)
+
+
+def write_shards(
+    documents: Iterable[Document],
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    val_fraction: float = 0.1,
+    shard_tokens: int = 100_000_000,
+    batch_chars: int = 4_000_000,
+) -> dict[str, Any]:
+    """Encode documents into train/val shards in out_dir (split by document) and write meta.json.
+
+    Every round(1/val_fraction)-th document goes to val; with too few documents for that, the last
+    document (or the tail of a lone document) becomes the validation split.
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {s: _SplitWriter(out_dir, s, dtype, shard_tokens) for s in SPLITS}
+    pending: np.ndarray | None = None  # held back one step so the last document can go to val
+    for index, (_, tokens) in enumerate(_encode_documents(documents, tokenizer, batch_chars)):
+        if pending is not None:
+            writers["train"].write(pending)
+        pending = None
+        if val_fraction > 0 and int((index + 1) * val_fraction) > int(index * val_fraction):
+            writers["val"].write(tokens)
+            writers["val"].documents += 1
+        else:
+            pending = tokens
+            writers["train"].documents += 1
+    if pending is not None:
+        _write_last_document(writers, pending, val_fraction)
+    meta = {
+        "format": FORMAT,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "eot_id": tokenizer.eot_id,
+        "tokenizer_kind": tokenizer.kind,
+        "tokenizer_sha256": tokenizer.sha256(),
+        "val_fraction": val_fraction,
+        "splits": {s: w.summary() for s, w in writers.items()},
+    }
+    write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2))
+    return meta
+
+
+def _write_last_document(
+    writers: dict[str, _SplitWriter], tokens: np.ndarray, val_fraction: float
+) -> None:
+    if val_fraction <= 0 or writers["val"].documents > 0:
+        writers["train"].write(tokens)
+    elif writers["train"].documents > 1:  # move the whole last document to val
+        writers["train"].documents -= 1
+        writers["val"].documents += 1
+        writers["val"].write(tokens)
+    else:  # a lone document: its tail becomes val
+        cut = len(tokens) - max(1, int(len(tokens) * val_fraction))
+        writers["train"].write(tokens[:cut])
+        writers["val"].write(tokens[cut:])
+        writers["val"].documents = 1
+
+
+def replace_directory(tmp_dir: Path, out_dir: Path) -> None:
+    """Move a finished tmp_dir into place at out_dir, replacing whatever was there."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp_dir.rename(out_dir)
+
+
+class TokenShards:
+    """Read-only view of a prepared data directory: memmapped token arrays per split."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / META_FILE
+        if not meta_path.is_file():
+            raise DataError(
+                f"{self.directory} is not a prepared data directory (no {META_FILE}); "
+                "run `lmforge prepare --input ... --out DIR` first"
+            )
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.arrays = {s: self._open_split(s) for s in SPLITS}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{meta_path} is corrupt ({exc}); prepare the data again") from None
+
+    def _open_split(self, split: str) -> list[np.ndarray]:
+        dtype = np.dtype(self.meta["dtype"])
+        arrays = []
+        for entry in self.meta["splits"][split]["files"]:
+            path = self.directory / entry["name"]
+            expected = entry["tokens"] * dtype.itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                raise DataError(
+                    f"shard {path} is missing or truncated (expected {expected} bytes); "
+                    "prepare the data again"
+                )
+            arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        return arrays
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def num_tokens(self, split: str) -> int:
+        return sum(len(a) for a in self.arrays[split])
+
+    def check_fits(self, split: str, window: int) -> None:
+        """Fail clearly when no shard of a split can supply one window of `window` tokens."""
+        longest = max((len(a) for a in self.arrays[split]), default=0)
+        if longest < window:
+            raise DataError(
+                f"the {split} split of {self.directory} has {longest} tokens in its largest shard, "
+                f"fewer than one window of {window} (model.block_size + 1); use more text or a "
+                "smaller model.block_size"
+            )
+
+    def sample_windows(
+        self, split: str, batch_size: int, window: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """batch_size random windows of `window` consecutive tokens, as int64 (B, window)."""
+        arrays = [a for a in self.arrays[split] if len(a) >= window]
+        starts_room = torch.tensor([len(a) - window + 1 for a in arrays], dtype=torch.float64)
+        which = torch.multinomial(starts_room, batch_size, replacement=True, generator=generator)
+        offsets = (
+            torch.rand(batch_size, generator=generator, dtype=torch.float64) * starts_room[which]
+        ).long()
+        rows = [
+            arrays[w][o : o + window] for w, o in zip(which.tolist(), offsets.tolist(), strict=True)
+        ]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def sequential_windows(self, split: str, window: int) -> Iterator[torch.Tensor]:
+        """Non-overlapping windows covering a whole split once (each token predicted once)."""
+        for array in self.arrays[split]:
+            for start in range(0, len(array) - window + 1, window - 1):
+                yield torch.from_numpy(array[start : start + window].astype(np.int64))

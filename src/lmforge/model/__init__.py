@@ -1,0 +1,6 @@
+"""Transformer models: they know nothing of training, data or tokenizers."""
+
+from lmforge.model.attention import KVCache
+from lmforge.model.gpt import GPT
+
+__all__ = ["GPT", "KVCache"]

@@ -1,0 +1,103 @@
+"""GPT: a decoder-only Transformer language model (Radford et al. 2019), pre-LayerNorm."""
+
+import torch
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.errors import LMForgeError
+from lmforge.model.attention import Attention, KVCache
+from lmforge.model.layers import MLP, init_weights, layer_norm, rope_cache
+
+
+class Block(nn.Module):
+    """x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = layer_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.ln_2 = layer_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Token (+ position) embedding -> Block × n_layer -> ln_f -> lm_head; returns logits."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise LMForgeError("model.vocab_size must be set (> 0) before building a GPT")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = (
+            nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = layer_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.pos_emb == "rope":
+            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given."""
+        T = idx.shape[1]
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise LMForgeError(
+                f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size} "
+                "(model.block_size); crop the input"
+            )
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for up to max_len (default block_size) positions."""
+        param = self.tok_emb.weight
+        return KVCache(
+            self.cfg.n_layer,
+            batch_size,
+            self.cfg.kv_heads,
+            max_len or self.cfg.block_size,
+            self.cfg.head_dim,
+            device=param.device,
+            dtype=param.dtype,
+        )
+
+    def num_params(self, exclude_position_embedding: bool = False) -> int:
+        """Parameter count (a tied head counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_position_embedding and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N (matmuls) + 12·n_layer·n_embd·block_size (attention)."""
+        n = self.num_params(exclude_position_embedding=True)
+        if not self.cfg.tie_weights:
+            n -= self.tok_emb.weight.numel()  # an untied input embedding is a lookup, not a matmul
+        return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size

@@ -1,0 +1,40 @@
+"""AdamW with decay/no-decay parameter groups, and the warmup + cosine learning-rate schedule."""
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (Linear and Embedding weights); never biases or LayerNorm gains (1-D)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW: θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), fused kernel where PyTorch has one for the device."""
+    groups = param_groups(model, cfg.weight_decay)
+    device = next(model.parameters()).device
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused
+    )
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
