@@ -17,8 +17,9 @@ from torch import nn
 
 from lmforge.config import RunConfig, from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.files import write_text_atomic
 from lmforge.model import GPT
-from lmforge.tokenizer import Tokenizer, write_text_atomic
+from lmforge.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"

@@ -12,7 +12,8 @@ import torch
 
 from lmforge.data.corpus import Document
 from lmforge.errors import DataError
-from lmforge.tokenizer import Tokenizer, write_text_atomic
+from lmforge.files import write_text_atomic
+from lmforge.tokenizer import Tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "lmforge-shards/1"

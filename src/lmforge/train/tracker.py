@@ -8,8 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lmforge.files import write_text_atomic
 from lmforge.plots import plot_loss_curves
-from lmforge.tokenizer import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
