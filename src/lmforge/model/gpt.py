@@ -22,7 +22,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: torch.Tensor | None,
         kv_cache: KVCache | None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, kv_cache)
@@ -48,9 +48,8 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos_emb == "rope":
-            cos, sin = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            rotations = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_rotations", rotations, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -67,7 +66,7 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = self.rope_rotations[start : start + T]
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, kv_cache)
