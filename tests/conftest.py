@@ -21,8 +21,16 @@ def tiny_model_cfg() -> ModelConfig:
 @pytest.fixture
 def tiny_train_cfg() -> TrainConfig:
     return TrainConfig(
-        max_steps=12, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=4,
-        eval_batches=2, checkpoint_interval=4, log_interval=1, progress=False,
+        max_steps=12,
+        batch_size=4,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        eval_interval=4,
+        eval_batches=2,
+        checkpoint_interval=4,
+        log_interval=1,
+        progress=False,
     )
 
 

@@ -11,11 +11,24 @@ PACKAGE = Path(lmforge.__file__).parent
 FORBIDDEN = {
     "lmforge.config": ["lmforge."],  # except errors, checked below
     "lmforge.errors": ["lmforge."],
-    "lmforge.model": ["lmforge.train", "lmforge.data", "lmforge.tokenizer", "lmforge.jobs",
-                      "lmforge.checkpoint", "lmforge.cli", "lmforge.generate"],
+    "lmforge.model": [
+        "lmforge.train",
+        "lmforge.data",
+        "lmforge.tokenizer",
+        "lmforge.jobs",
+        "lmforge.checkpoint",
+        "lmforge.cli",
+        "lmforge.generate",
+    ],
     "lmforge.data": ["lmforge.model", "lmforge.train", "lmforge.jobs", "lmforge.checkpoint"],
-    "lmforge.train": ["lmforge.model", "lmforge.jobs", "lmforge.checkpoint", "lmforge.cli",
-                      "lmforge.data.corpus", "lmforge.data.shards"],
+    "lmforge.train": [
+        "lmforge.model",
+        "lmforge.jobs",
+        "lmforge.checkpoint",
+        "lmforge.cli",
+        "lmforge.data.corpus",
+        "lmforge.data.shards",
+    ],
     "lmforge.checkpoint": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
     "lmforge.generate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
     "lmforge.evaluate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],

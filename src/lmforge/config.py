@@ -200,7 +200,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -261,7 +261,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` overrides; each value is parsed as YAML (int/float/bool/list)."""
     known = [key for key, _, _ in all_keys()]
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    # an empty YAML section (`model:` with every key commented out) parses to None
+    out = {k: {} if v is None else dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for item in sets:
         key, sep, raw = item.partition("=")
         key = key.strip()

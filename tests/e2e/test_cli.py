@@ -10,11 +10,28 @@ import pytest
 from lmforge.cli import main
 
 TRAIN_SETS = [
-    "--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32",
-    "--set", "model.block_size=32", "--set", "train.batch_size=4", "--set", "train.max_steps=20",
-    "--set", "train.eval_interval=10", "--set", "train.eval_batches=2",
-    "--set", "train.checkpoint_interval=10", "--set", "train.warmup_steps=2",
-    "--set", "train.progress=false",
+    "--set",
+    "model.n_layer=2",
+    "--set",
+    "model.n_head=2",
+    "--set",
+    "model.n_embd=32",
+    "--set",
+    "model.block_size=32",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.max_steps=20",
+    "--set",
+    "train.eval_interval=10",
+    "--set",
+    "train.eval_batches=2",
+    "--set",
+    "train.checkpoint_interval=10",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.progress=false",
 ]
 
 
@@ -51,31 +68,72 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_directory_has_every_artifact(trained_run: Path) -> None:
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "loss.png",
-                 "trainer_state/state.pt", "trainer_state/state.json", "best/model.safetensors"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "loss.png",
+        "trainer_state/state.pt",
+        "trainer_state/state.json",
+        "best/model.safetensors",
+    ):
         assert (trained_run / name).is_file(), name
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == [
-        "step_0000010", "step_0000020"]
+        "step_0000010",
+        "step_0000020",
+    ]
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"]["vocab_size"] == 300
-    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()
+    ]
     val = [r["val_loss"] for r in records if "val_loss" in r]
-    assert len(val) == 3 and val[-1] < val[0]
+    assert len(val) == 3
+    assert val[-1] < val[0]
 
 
 def test_generate_writes_only_text_to_stdout(trained_run: Path) -> None:
-    done = run_cli("generate", str(trained_run), "--prompt", "Paragraph", "--max-new-tokens", "30",
-                   "--temperature", "0")
+    done = run_cli(
+        "generate",
+        str(trained_run),
+        "--prompt",
+        "Paragraph",
+        "--max-new-tokens",
+        "30",
+        "--temperature",
+        "0",
+    )
     assert done.returncode == 0, done.stderr
-    again = run_cli("generate", str(trained_run), "--prompt", "Paragraph", "--max-new-tokens",
-                    "30", "--temperature", "0")
-    assert done.stdout == again.stdout and done.stdout.strip()
-    assert "step" not in done.stdout and "INFO" not in done.stdout
+    again = run_cli(
+        "generate",
+        str(trained_run),
+        "--prompt",
+        "Paragraph",
+        "--max-new-tokens",
+        "30",
+        "--temperature",
+        "0",
+    )
+    assert done.stdout == again.stdout
+    assert done.stdout.strip()
+    assert "step" not in done.stdout
+    assert "INFO" not in done.stdout
 
 
 def test_seeded_sampling_is_reproducible(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
-    args = ["generate", str(trained_run), "--max-new-tokens", "25", "--top-k", "20", "--top-p",
-            "0.9", "--seed", "7"]
+    args = [
+        "generate",
+        str(trained_run),
+        "--max-new-tokens",
+        "25",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert main(args) == 0
@@ -85,8 +143,8 @@ def test_seeded_sampling_is_reproducible(trained_run: Path, capsys: pytest.Captu
 def test_evaluate_reports_perplexity(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(trained_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["tokens"] > 0 and result["perplexity"] == pytest.approx(
-        2.718281828 ** result["loss"], rel=1e-6)
+    assert result["tokens"] > 0
+    assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
 
 
 def test_resume_extends_and_refuses_when_done(
@@ -104,7 +162,8 @@ def test_resume_extends_and_refuses_when_done(
 def test_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     done = run_cli("prepare", "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "d"))
     assert done.returncode == 2
-    assert done.stderr.startswith("error: input not found") and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: input not found")
+    assert "Traceback" not in done.stderr
 
 
 # ---------------------------------------------------------------- bad input, each exit 2
@@ -128,8 +187,19 @@ def test_invalid_utf8_names_file_and_offset(tmp_path: Path, capsys: pytest.Captu
     bad.write_bytes(("x" * 40 + "\n").encode() * 3 + b"caf\xe9 au lait and more text\n")
     code = main(["prepare", "--input", str(bad), "--out", str(tmp_path / "d")])
     assert_user_error(code, capsys, "latin1.txt", "byte offset 126", "--encoding-errors replace")
-    code = main(["prepare", "--input", str(bad), "--out", str(tmp_path / "d"),
-                 "--tokenizer", "char", "--encoding-errors", "replace"])
+    code = main(
+        [
+            "prepare",
+            "--input",
+            str(bad),
+            "--out",
+            str(tmp_path / "d"),
+            "--tokenizer",
+            "char",
+            "--encoding-errors",
+            "replace",
+        ]
+    )
     assert code == 0
 
 

@@ -36,5 +36,6 @@ def step_generator(seed: int, *keys: int) -> torch.Generator:
     Batches drawn from it depend on nothing but the step, so a resumed run sees exactly the
     batches an uninterrupted one would, and each rank draws its own.
     """
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    # the key count is mixed in: SeedSequence ignores trailing zeros, so (s, 0) would equal (s,)
+    state = np.random.SeedSequence([seed, len(keys), *keys]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)

@@ -157,30 +157,46 @@ def _read_jsonl(path: Path, encoding_errors: str) -> Iterator[Document]:
         yield Document(record["text"], f"{path}:{number}")
 
 
+def _origin(source: str) -> str:
+    """The file a document came from (a JSONL document is named path:line)."""
+    path, _, line = source.rpartition(":")
+    return path if line.isdigit() and path.endswith(".jsonl") else source
+
+
 def clean_documents(
     documents: Iterable[Document], report: CorpusReport, min_chars: int = 16
 ) -> Iterator[Document]:
-    """Clean each document, dropping exact duplicates and those shorter than min_chars."""
+    """Clean each document, dropping exact duplicates and those shorter than min_chars.
+
+    Later chunks of a long file are never dropped (they are parts of one document); if the
+    chunk before one was dropped, it starts a document of its own instead of continuing it.
+    """
     seen: set[bytes] = set()
     sources: set[str] = set()
+    previous_dropped = False
     for doc in documents:
         report.documents_in += 1
         report.chars_in += len(doc.text)
-        sources.add(doc.source.rsplit(":", 1)[0] if doc.source.endswith(".jsonl") else doc.source)
+        sources.add(_origin(doc.source))
+        report.sources = len(sources)
         text = clean_text(doc.text)
-        if len(text) < min_chars and not doc.continued:
+        if doc.continued:
+            yield Document(text, doc.source, continued=not previous_dropped)
+            previous_dropped = False
+        elif len(text) < min_chars:
             report.too_short += 1
+            previous_dropped = True
             continue
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        if digest in seen:
-            report.duplicates += 1
-            continue
-        seen.add(digest)
+        else:
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            previous_dropped = digest in seen
+            if previous_dropped:
+                report.duplicates += 1
+                continue
+            seen.add(digest)
+            yield Document(text, doc.source)
         report.documents_out += 1
         report.chars_out += len(text)
-        report.sources = len(sources)
-        yield Document(text, doc.source, doc.continued)
-    report.sources = len(sources)
 
 
 def stream_corpus(

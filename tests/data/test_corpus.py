@@ -1,0 +1,304 @@
+"""Corpus reading: cleaning, dedup, input resolution, JSONL, encoding errors and long files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmforge.data import corpus
+from lmforge.data.corpus import (
+    CorpusReport,
+    Document,
+    clean_documents,
+    clean_text,
+    resolve_inputs,
+    stream_corpus,
+)
+from lmforge.errors import DataError
+
+
+def _texts(inputs: list[str], **kwargs) -> list[str]:
+    documents, _ = stream_corpus(inputs, **kwargs)
+    return [d.text for d in documents]
+
+
+# ---------------------------------------------------------------- clean_text
+
+
+def test_clean_text_composes_to_nfc() -> None:
+    decomposed = "Cafe\u0301 n\u0303"  # e + combining acute, n + combining tilde
+    assert clean_text(decomposed) == "Caf\u00e9 \u00f1"
+
+
+def test_clean_text_removes_control_chars_but_keeps_newline_and_tab() -> None:
+    raw = "a\x00b\x07c\x1bd\x7fe\x85f\tg\nh\x0bi\x0cj"
+    assert clean_text(raw) == "abcdef\tg\nhij"
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"])
+def test_clean_text_normalises_line_ends(line_end: str) -> None:
+    assert clean_text(f"one{line_end}two{line_end}three") == "one\ntwo\nthree"
+
+
+def test_clean_text_turns_odd_spaces_into_plain_spaces() -> None:
+    assert clean_text("a\u00a0b\u2009c\u3000d\u202fe") == "a b c d e"
+
+
+def test_clean_text_strips_trailing_spaces_only() -> None:
+    assert clean_text("  keep leading  \nx \t\n\tindent\t ") == "  keep leading\nx\n\tindent"
+
+
+def test_clean_text_collapses_three_or_more_blank_lines() -> None:
+    raw = "a\n\nb\n\n\nc\n\n\n\n\n\nd\n  \n \t\n\ne"
+    assert clean_text(raw) == "a\n\nb\n\nc\n\nd\n\ne"
+
+
+def test_clean_text_trims_leading_and_trailing_newlines() -> None:
+    assert clean_text("\n\n\nbody\n\n\n") == "body"
+
+
+def test_clean_text_is_idempotent() -> None:
+    raw = "x\u00a0\r\n\r\n\r\n\r\ny e\u0301 \x01\t\n"
+    once = clean_text(raw)
+    assert clean_text(once) == once
+
+
+# ---------------------------------------------------------------- dedup and length filter
+
+
+def test_exact_duplicates_are_dropped_and_counted() -> None:
+    report = CorpusReport()
+    docs = [
+        Document("first document, long enough", "a"),
+        Document("second document, long enough", "b"),
+        Document("first document, long enough", "c"),
+        Document("first document, long enough  \r\n", "d"),  # equal after cleaning
+    ]
+    out = list(clean_documents(docs, report, min_chars=4))
+    assert [d.source for d in out] == ["a", "b"]
+    assert report.duplicates == 2
+    assert report.documents_in == 4
+    assert report.documents_out == 2
+    assert report.chars_out == sum(len(d.text) for d in out)
+    assert report.sources == 4
+
+
+def test_min_chars_filter_is_counted() -> None:
+    report = CorpusReport()
+    docs = [Document("tiny", "a"), Document("x" * 20, "b"), Document("  short \n\n\n", "c")]
+    out = list(clean_documents(docs, report, min_chars=10))
+    assert [d.text for d in out] == ["x" * 20]
+    assert report.too_short == 2
+    assert report.duplicates == 0
+    assert "2 too short" in report.summary()
+
+
+def test_min_chars_applies_to_cleaned_text(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("abc" + " " * 40 + "\n\n\n\n")
+    documents, report = stream_corpus([str(tmp_path / "a.txt")], min_chars=4)
+    assert list(documents) == []
+    assert report.too_short == 1
+
+
+def test_report_counts_sources_and_characters(corpus_dir: Path) -> None:
+    documents, report = stream_corpus([str(corpus_dir)])
+    texts = [d.text for d in documents]
+    assert report.sources == 40
+    assert report.documents_in == report.documents_out == len(texts) == 40
+    assert report.chars_out == sum(map(len, texts))
+    assert report.chars_in >= report.chars_out
+    assert report.to_dict()["documents_out"] == 40
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_directory_recursion_and_suffix_filter(tmp_path: Path) -> None:
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "b.txt").write_text("text file at the top level")
+    (tmp_path / "sub" / "a.md").write_text("markdown file one level down")
+    (tmp_path / "sub" / "deeper" / "c.rst").write_text("restructured text two levels down")
+    (tmp_path / "sub" / "skip.py").write_text("print('not a text suffix')")
+    (tmp_path / "sub" / "skip.bin").write_bytes(b"\x00\x01")
+    files = resolve_inputs([str(tmp_path)])
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in files] == [
+        "b.txt",
+        "sub/a.md",
+        "sub/deeper/c.rst",
+    ]
+    assert sorted(_texts([str(tmp_path)])) == [
+        "markdown file one level down",
+        "restructured text two levels down",
+        "text file at the top level",
+    ]
+
+
+def test_glob_pattern(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "one.md").write_text("first markdown document")
+    (tmp_path / "two.md").write_text("second markdown document")
+    (tmp_path / "three.txt").write_text("a text file the glob must not match")
+    files = resolve_inputs([str(tmp_path / "**" / "*.md")])
+    assert sorted(Path(f).name for f in files) == ["one.md", "two.md"]
+
+
+def test_directory_without_text_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1")
+    with pytest.raises(DataError, match="holds no"):
+        resolve_inputs([str(tmp_path)])
+
+
+def test_missing_path_error_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_file.txt"
+    with pytest.raises(DataError, match="input not found") as info:
+        stream_corpus([str(missing)])  # fails before any document is read
+    assert str(missing) in str(info.value)
+
+
+def test_unknown_builtin_is_an_error() -> None:
+    with pytest.raises(DataError, match="builtin:python-docs"):
+        resolve_inputs(["builtin:nope"])
+
+
+def test_no_inputs_is_an_error() -> None:
+    with pytest.raises(DataError, match="no input"):
+        resolve_inputs([])
+
+
+def test_jsonl_text_field(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    records = [{"text": "first jsonl document", "id": 1}, {"text": "second\njsonl document"}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    documents, report = stream_corpus([str(path)])
+    docs = list(documents)
+    assert [d.text for d in docs] == ["first jsonl document", "second\njsonl document"]
+    assert [d.source for d in docs] == [f"{path}:1", f"{path}:2"]
+    assert report.documents_out == 2
+
+
+def test_jsonl_lines_of_one_file_count_as_one_source(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "first jsonl document"}\n{"text": "second jsonl document"}\n')
+    documents, report = stream_corpus([str(path)])
+    assert len(list(documents)) == 2
+    assert report.sources == 1
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"text": "a fine first line"}', "{not json"], "not valid JSON"),
+        (['{"text": "a fine first line"}', "", '{"body": "no text"}'], "string 'text' field"),
+        (['{"text": "a fine first line"}', '["a", "list"]'], "string 'text' field"),
+        (['{"text": "a fine first line"}', '{"text": 42}'], "string 'text' field"),
+    ],
+)
+def test_bad_jsonl_line_reports_file_and_line(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=message) as info:
+        _texts([str(path)])
+    assert f"{path}:{len(lines)}:" in str(info.value)
+
+
+# ---------------------------------------------------------------- bytes and encodings
+
+
+def test_binary_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "image.txt"
+    path.write_bytes(b"GIF89a\x01\x00\x00\x00rest")
+    with pytest.raises(DataError, match="binary") as info:
+        _texts([str(path)])
+    assert str(path) in str(info.value)
+    assert "NUL byte at offset 7" in str(info.value)
+
+
+def test_invalid_utf8_names_file_and_exact_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    good = "first line is fine\nsecond: caf\u00e9 na\u00efve "  # multi-byte chars before the error
+    bad = "r\u00e9sum\u00e9 again\n".encode("latin-1")  # \xe9 is invalid on its own in UTF-8
+    path.write_bytes(good.encode("utf-8") + bad)
+    offset = len(good.encode("utf-8")) + 1  # 'r' is fine, the byte after it is not
+    with pytest.raises(DataError, match="invalid UTF-8") as info:
+        _texts([str(path)])
+    message = str(info.value)
+    assert str(path) in message
+    assert f"byte offset {offset} " in message
+    assert "line 2" in message
+
+
+def test_replace_encoding_errors_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(b"valid text, then \xff\xfe bad bytes, then more text\n")
+    assert _texts([str(path)], encoding_errors="replace") == [
+        "valid text, then \ufffd\ufffd bad bytes, then more text"
+    ]
+    assert _texts([str(path)], encoding_errors="ignore") == [
+        "valid text, then  bad bytes, then more text"
+    ]
+
+
+def test_unknown_encoding_errors_mode_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("some text here")
+    with pytest.raises(DataError, match="--encoding-errors"):
+        stream_corpus([str(tmp_path / "a.txt")], encoding_errors="backslashreplace")
+
+
+def test_utf8_bom_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffstarts with a byte order mark".encode())
+    assert _texts([str(path)]) == ["starts with a byte order mark"]
+
+
+# ---------------------------------------------------------------- long files
+
+
+def test_long_file_is_cut_into_continued_chunks(tmp_path: Path) -> None:
+    paragraphs = [
+        "".join(f"Paragraph {p}, sentence {s}: some filler words here.\n" for s in range(5))
+        for p in range(int(corpus.CHUNK_CHARS * 3.5) // 250)
+    ]
+    text = "\n".join(paragraphs)
+    assert len(text) > 3 * corpus.CHUNK_CHARS
+    path = tmp_path / "long.txt"
+    path.write_text(text)
+    docs = list(stream_corpus([str(path)])[0])
+    assert len(docs) == 4
+    assert [d.continued for d in docs] == [False, True, True, True]
+    assert {d.source for d in docs} == {str(path)}
+    for doc in docs[:-1]:  # cut at a paragraph break just after CHUNK_CHARS characters
+        assert corpus.CHUNK_CHARS <= len(doc.text) < corpus.CHUNK_CHARS + 300
+        assert doc.text.endswith("filler words here.")
+    for doc in docs[1:]:
+        assert doc.text.startswith("Paragraph ")
+    # Nothing is lost or reordered: the chunks joined at the blank line give back the file.
+    assert "\n\n".join(d.text for d in docs) == clean_text(text)
+
+
+def test_file_below_chunk_size_is_one_document(tmp_path: Path) -> None:
+    text = ("line of text\n\n" * (corpus.CHUNK_CHARS // 14 - 10)).strip("\n")
+    assert len(text) < corpus.CHUNK_CHARS
+    (tmp_path / "a.txt").write_text(text)
+    docs = list(stream_corpus([str(tmp_path / "a.txt")])[0])
+    assert len(docs) == 1
+    assert docs[0].continued is False
+
+
+# ---------------------------------------------------------------- built-in corpus
+
+
+def test_builtin_python_docs_yields_megabytes_of_text() -> None:
+    documents, report = stream_corpus(["builtin:python-docs"])
+    chars = 0
+    sources = set()
+    for doc in documents:
+        chars += len(doc.text)
+        sources.add(doc.source)
+        assert "\r" not in doc.text
+    assert chars >= 1_000_000
+    assert report.chars_out == chars
+    assert len(sources) > 100
+    assert any("/topics/" in s for s in sources)
+    assert any("/stdlib/" in s for s in sources)
