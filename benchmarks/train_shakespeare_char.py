@@ -48,11 +48,20 @@ def build_hf_step(vocab_size: int, train: torch.Tensor):
     """One transformers GPT2LMHeadModel training step of the same shape, batch and optimizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=BLOCK, n_embd=128, n_layer=4, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=BLOCK,
+        n_embd=128,
+        n_layer=4,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99),
-                                  weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -85,6 +94,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=25, help="our steps between HF timings")
     parser.add_argument("--hf-steps", type=int, default=4, help="HF steps per chunk (0: none)")
     parser.add_argument("--pos-emb", default="rope", choices=["rope", "learned"])
+    parser.add_argument(
+        "--activation",
+        default="gelu",
+        choices=["gelu", "gelu_tanh"],
+        help="nanoGPT's recipe uses the exact (erf) GELU",
+    )
+    parser.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
 
@@ -95,16 +111,44 @@ def main() -> None:
     train, val = data[:split], data[split:]
 
     warmup = max(1, round(100 * args.iters / 2000))
-    model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=4, n_head=4,
-                            n_embd=128, dropout=0.0, bias=False, pos_emb=args.pos_emb)
-    train_cfg = TrainConfig(max_steps=args.iters, batch_size=BATCH, lr=1e-3, min_lr=1e-4,
-                            warmup_steps=warmup, beta1=0.9, beta2=0.99, weight_decay=0.1,
-                            grad_clip=1.0, eval_interval=10**9, progress=False, seed=args.seed)
+    model_cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        block_size=BLOCK,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        dropout=0.0,
+        bias=False,
+        pos_emb=args.pos_emb,
+        activation=args.activation,
+    )
+    train_cfg = TrainConfig(
+        max_steps=args.iters,
+        batch_size=BATCH,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=warmup,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=10**9,
+        progress=False,
+        seed=args.seed,
+    )
     torch.manual_seed(args.seed)
     model = GPT(model_cfg)
     batches = lambda step, micro: clm_batch(  # noqa: E731
-        random_windows(train, step_generator(args.seed, step, micro)))
-    trainer = Trainer(model, build_optimizer(model, train_cfg), batches, train_cfg, clm_loss)
+        random_windows(train, step_generator(args.seed, step, micro))
+    )
+    train_model = torch.compile(model) if args.compile else model
+    trainer = Trainer(train_model, build_optimizer(model, train_cfg), batches, train_cfg, clm_loss)
+    compile_s = 0.0
+    if args.compile:  # compile on a throwaway copy so the timed run starts from step 0
+        t0 = time.perf_counter()
+        warm = torch.compile(GPT(model_cfg))
+        clm_loss(warm, batches(0, 0)).backward()
+        compile_s = time.perf_counter() - t0
     hf_step = build_hf_step(tokenizer.vocab_size, train) if args.hf_steps else None
 
     calibration = [matmul_gflops()]
@@ -137,6 +181,8 @@ def main() -> None:
         "speedup_vs_hf": round(statistics.median(hf_ms) / ms, 3) if hf_ms else None,
         "matmul_gflops": [round(g, 1) for g in calibration],
         "mfu": round(mfu, 3),
+        "compile": args.compile,
+        "compile_s": round(compile_s, 1),
         "params": model.num_params(),
         "val_ppl": round(math.exp(val_loss), 3),
     }

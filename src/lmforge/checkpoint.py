@@ -36,13 +36,28 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
-        for prefix in _WRAPPER_PREFIXES:
-            name = name.replace(prefix, "")
+        name = _strip_wrapper_prefixes(name)
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
         tensors[name] = tensor.detach().to("cpu").contiguous()
     return tensors
+
+
+def _strip_wrapper_prefixes(name: str) -> str:
+    """`_orig_mod.blocks.0...` (compile) or `module.blocks.0...` (DDP) -> `blocks.0...`."""
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile / DDP wrappers."""
+    while isinstance(
+        inner := getattr(model, "_orig_mod", getattr(model, "module", None)), nn.Module
+    ):
+        model = inner
+    return model
 
 
 def save_weights(model: nn.Module, path: Path, step: int = 0) -> None:
@@ -74,7 +89,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path} holds tensors this model does not have: {unexpected[:5]}")
-    model.load_state_dict(tensors, strict=False)  # tied weights appear once in the file
+    unwrap(model).load_state_dict(tensors, strict=False)  # tied weights appear once in the file
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -40,14 +40,15 @@ def sample_next(
 
 def fit_prompt(ids: list[int], block_size: int) -> list[int]:
     """Keep the last block_size - 1 tokens of a prompt that would not fit, with a warning."""
-    if len(ids) >= block_size:
+    keep = max(1, block_size - 1)
+    if len(ids) > keep:
         log.warning(
             "prompt of %d tokens exceeds the context of %d; keeping its last %d tokens",
             len(ids),
             block_size,
-            block_size - 1,
+            keep,
         )
-        return ids[-(block_size - 1) :]
+        return ids[-keep:]
     return ids
 
 
@@ -83,7 +84,7 @@ def generate_tokens(
             return
         if cache.pos >= block:  # full: re-read the recent past into a fresh cache
             cache.pos = 0
-            recent = context[-(block * 3 // 4) :]
+            recent = context[-max(1, block * 3 // 4) :]
             logits = model(torch.tensor([recent], device=device), kv_cache=cache)[:, -1]
         else:
             logits = model(torch.tensor([[token]], device=device), kv_cache=cache)[:, -1]

@@ -114,13 +114,15 @@ class Trainer:
             total_loss += loss.item()
             tokens += batch.num_tokens
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+        # foreach: one fused kernel over all gradients instead of one norm per tensor
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        grad_norm = norm.item()
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             self._skip_step(step, total_loss, grad_norm)
             return total_loss, grad_norm, tokens
         self._bad_in_a_row = 0
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, torch.tensor(grad_norm))
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm, tokens
