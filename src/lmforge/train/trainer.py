@@ -121,7 +121,7 @@ class Trainer:
             self._skip_step(step, total_loss, grad_norm)
             return total_loss, grad_norm, tokens
         self._bad_in_a_row = 0
-        if cfg.grad_clip > 0:
+        if 0 < cfg.grad_clip < grad_norm:  # below the threshold the scale would be exactly 1
             torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
