@@ -94,27 +94,9 @@ def test_run_directory_has_every_artifact(trained_run: Path) -> None:
 
 
 def test_generate_writes_only_text_to_stdout(trained_run: Path) -> None:
-    done = run_cli(
-        "generate",
-        str(trained_run),
-        "--prompt",
-        "Paragraph",
-        "--max-new-tokens",
-        "30",
-        "--temperature",
-        "0",
-    )
+    args = ("generate", str(trained_run), "--prompt", "Paragraph", "--max-new-tokens", "30")
+    done, again = (run_cli(*args, "--temperature", "0") for _ in range(2))
     assert done.returncode == 0, done.stderr
-    again = run_cli(
-        "generate",
-        str(trained_run),
-        "--prompt",
-        "Paragraph",
-        "--max-new-tokens",
-        "30",
-        "--temperature",
-        "0",
-    )
     assert done.stdout == again.stdout
     assert done.stdout.strip()
     assert "step" not in done.stdout
