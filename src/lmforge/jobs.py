@@ -206,6 +206,13 @@ def resume(run_dir: Path, sets: list[str]) -> dict[str, Any]:
     if any(s.strip().startswith("model.") for s in sets):
         raise ConfigError("model.* cannot change when resuming; start a new run instead")
     cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), sets))
+    run_tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER_FILE)
+    _, data_tokenizer = _open_data(cfg)
+    if run_tokenizer.sha256() != data_tokenizer.sha256():
+        raise DataError(
+            f"{cfg.data.dir} was tokenized with another tokenizer than {run_dir} was trained "
+            "with; resume on data prepared with the run's tokenizer.json (--tokenizer-file)"
+        )
     checkpoints = ckpt.list_checkpoints(run_dir)
     if not checkpoints:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")

@@ -254,3 +254,12 @@ def test_tokenizer_vocab_mismatch(
     (copy / "tokenizer.json").unlink()
     (copy / "tokenizer.json").write_bytes((prepared_dir / "tokenizer.json").read_bytes())
     assert_user_error(main(["generate", str(copy)]), capsys, "tokenizer has", "model expects")
+
+
+def test_resume_on_data_with_another_tokenizer(
+    trained_run: Path, prepared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(copy)], check=True)
+    args = ["pretrain", "--resume", str(copy), "--set", f"data.dir={prepared_dir}"]
+    assert_user_error(main([*args, "--set", "train.max_steps=30"]), capsys, "another tokenizer")
