@@ -75,12 +75,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         heads, kv_heads, D = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x)  # (B, T, (H + 2 Hkv) D)
-        qk = qkv[..., : (heads + kv_heads) * D].view(B, T, heads + kv_heads, D)
+        qkv = self.qkv(x).view(B, T, heads + 2 * kv_heads, D)  # (B, T, H + 2 Hkv, D)
         if rope is not None:
-            qk = apply_rope(qk, rope)  # q and k rotated in one go
-        q, k = qk.split([heads, kv_heads], dim=2)
-        v = qkv[..., (heads + kv_heads) * D :].view(B, T, kv_heads, D)
+            qkv = apply_rope(qkv, rope)  # rotations per head: q and k turn, v stays
+        q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)

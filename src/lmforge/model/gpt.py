@@ -6,7 +6,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, KVCache
-from lmforge.model.layers import MLP, init_weights, layer_norm, rope_cache
+from lmforge.model.layers import MLP, init_weights, layer_norm, rope_cache, rope_table
 
 
 class Block(nn.Module):
@@ -49,7 +49,8 @@ class GPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos_emb == "rope":
             rotations = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
-            self.register_buffer("rope_rotations", rotations, persistent=False)
+            table = rope_table(rotations, cfg.n_head, cfg.kv_heads)  # (T, H + 2 Hkv, D/2)
+            self.register_buffer("rope_rotations", table, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
