@@ -24,6 +24,7 @@ from lmforge.model import GPT
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
+from lmforge.train.runtime import keep_freed_memory
 from lmforge.train.trainer import Trainer
 
 BLOCK, BATCH = 64, 12
@@ -102,8 +103,14 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone (lmforge pretrain sets them)",
+    )
     args = parser.parse_args()
 
+    allocator_tuned = False if args.default_malloc else keep_freed_memory()
     text = args.data.read_text(encoding="utf-8")
     tokenizer = Tokenizer.train_char([text])
     data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -182,6 +189,7 @@ def main() -> None:
         "matmul_gflops": [round(g, 1) for g in calibration],
         "mfu": round(mfu, 3),
         "compile": args.compile,
+        "malloc_tuned_for_both": allocator_tuned,
         "compile_s": round(compile_s, 1),
         "params": model.num_params(),
         "val_ppl": round(math.exp(val_loss), 3),

@@ -22,7 +22,7 @@ from lmforge.generate import generate_text
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
-from lmforge.train.runtime import choose_device, seed_everything
+from lmforge.train.runtime import choose_device, keep_freed_memory, seed_everything
 from lmforge.train.tracker import LOSS_PLOT, Tracker
 from lmforge.train.trainer import Trainer
 
@@ -132,6 +132,8 @@ def _batch_sources(
 def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     shards, tokenizer = _open_data(cfg)
     device = choose_device(cfg.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(cfg.train.seed)
     model = ckpt.build_model(cfg).to(device)
     if resume_from is not None:
