@@ -8,20 +8,31 @@ import torch
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Model inputs and the targets the loss compares against (-100 = ignored position)."""
+    """Model inputs and the targets the loss compares against (-100 = ignored position).
+
+    The optional fields serve the encoder and fine-tuning objectives; a causal-LM batch leaves
+    them None.
+    """
 
     inputs: torch.Tensor  # (B, T) token ids
-    targets: torch.Tensor  # (B, T) next-token ids
+    targets: torch.Tensor  # (B, T) next-token ids (CLM) or original ids at masked positions (MLM)
+    token_types: torch.Tensor | None = None  # (B, T) segment ids: 0 for sentence A, 1 for B
+    attention_mask: torch.Tensor | None = None  # (B, T) bool, True on real (non-padding) tokens
+    labels: torch.Tensor | None = None  # (B,) one label per sequence: NSP or class id
 
     def to(self, device: torch.device | str) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
-        return Batch(
-            self.inputs.to(device, non_blocking=non_blocking),
-            self.targets.to(device, non_blocking=non_blocking),
-        )
+        moved = {
+            f: None if (t := getattr(self, f)) is None else t.to(device, non_blocking=non_blocking)
+            for f in self.__slots__
+        }
+        return Batch(**moved)
 
     @property
     def num_tokens(self) -> int:
+        """Tokens in the batch, padding excluded."""
+        if self.attention_mask is not None:
+            return int(self.attention_mask.sum())
         return self.inputs.numel()
 
 
