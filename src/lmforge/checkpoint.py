@@ -18,7 +18,7 @@ from torch import nn
 from lmforge.config import RunConfig, from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.files import write_text_atomic
-from lmforge.model import GPT
+from lmforge.model import BERT, GPT
 from lmforge.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -173,7 +173,7 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 def build_model(cfg: RunConfig) -> nn.Module:
     """The model a config describes, randomly initialised."""
-    return GPT(cfg.model)
+    return BERT(cfg.model) if cfg.model.arch == "bert" else GPT(cfg.model)
 
 
 def check_vocab(tokenizer: Tokenizer, cfg: RunConfig, where: str) -> None:

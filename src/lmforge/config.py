@@ -31,7 +31,7 @@ def _require(ok: bool, message: str) -> None:
 class ModelConfig:
     """Shape and flavour of the Transformer."""
 
-    arch: str = param("gpt", "model family: gpt (decoder-only causal LM)")
+    arch: str = param("gpt", "model family: gpt (decoder-only causal LM) or bert (encoder)")
     vocab_size: int = param(0, "vocabulary size; 0 takes it from the data's tokenizer")
     block_size: int = param(256, "context length in tokens")
     n_layer: int = param(6, "number of Transformer blocks")
@@ -46,9 +46,18 @@ class ModelConfig:
     activation: str = param("gelu_tanh", "MLP activation: gelu_tanh (GPT-2) or gelu (exact erf)")
     ln_eps: float = param(1e-5, "LayerNorm epsilon")
     init_std: float = param(0.02, "standard deviation of the normal weight initialisation")
+    type_vocab_size: int = param(2, "segment (token type) ids of a BERT; 0 for none")
 
     def __post_init__(self) -> None:
-        _require(self.arch == "gpt", f"model.arch: unknown architecture {self.arch!r}; use 'gpt'")
+        _require(
+            self.arch in ("gpt", "bert"),
+            f"model.arch: unknown architecture {self.arch!r}; use 'gpt' or 'bert'",
+        )
+        _require(
+            self.arch != "bert" or self.pos_emb == "learned",
+            "model.pos_emb: a bert uses learned positions; set model.pos_emb=learned",
+        )
+        _require(self.type_vocab_size >= 0, "model.type_vocab_size must be >= 0")
         _require(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = take it from the data)")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _require(getattr(self, name) > 0, f"model.{name} must be a positive integer")

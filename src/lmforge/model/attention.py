@@ -26,6 +26,13 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.max_len = max_len
         self.pos = 0  # positions filled; advanced by the model after the last layer
+        # Padding bookkeeping, allocated on first use (left-padded batches only):
+        self.real: torch.Tensor | None = None  # (B, max_len) bool, True where a key is a token
+        self.seen: torch.Tensor | None = None  # (B,) real tokens so far = next position id
+
+    @property
+    def padded(self) -> bool:
+        return self.real is not None
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -37,6 +44,50 @@ class KVCache:
         self.keys[layer][:, :, self.pos : end] = k
         self.values[layer][:, :, self.pos : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def track_padding(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record which new positions (B, T) are real tokens.
+
+        Returns each new token's position id (B, T), counting real tokens only, so a row's
+        positions do not depend on how much padding it got, and the real-key mask (B, pos + T).
+        """
+        batch, max_len = self.keys[0].shape[0], self.max_len
+        if self.real is None:  # everything cached so far was unpadded
+            self.real = torch.ones(batch, max_len, dtype=torch.bool, device=real.device)
+            self.seen = torch.full((batch,), self.pos, dtype=torch.long, device=real.device)
+        end = self.pos + real.shape[1]
+        self.real[:, self.pos : end] = real
+        positions = (self.seen[:, None] + real.cumsum(dim=1) - 1).clamp(min=0)
+        self.seen += real.sum(dim=1)
+        return positions, self.real[:, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the cached rows `rows` (B',) in that order, e.g. the surviving beams."""
+        for store in (self.keys, self.values):
+            for layer, tensor in enumerate(store):
+                store[layer] = tensor.index_select(0, rows)
+        if self.real is not None and self.seen is not None:
+            self.real, self.seen = self.real.index_select(0, rows), self.seen.index_select(0, rows)
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept and overwritten)."""
+        self.pos, self.real, self.seen = 0, None, None
+
+
+def padding_mask(real_keys: torch.Tensor, t_q: int, causal: bool) -> torch.Tensor:
+    """Where each query may attend (B, 1, Tq, Tk): real keys, not in its future when causal.
+
+    Queries are the last t_q key positions. Every query also sees its own position, so a row of
+    padding is never left with nothing to attend (softmax over nothing is NaN, and NaN in a
+    padded value row would leak into real rows through 0 · NaN).
+    """
+    t_k = real_keys.shape[1]
+    q_pos = torch.arange(t_k - t_q, t_k, device=real_keys.device)[:, None]  # (Tq, 1)
+    k_pos = torch.arange(t_k, device=real_keys.device)[None, :]  # (1, Tk)
+    allowed = real_keys[:, None, None, :]  # (B, 1, 1, Tk)
+    if causal:
+        allowed = allowed & (k_pos <= q_pos)
+    return allowed | (k_pos == q_pos)
 
 
 def causal_attention(
@@ -54,11 +105,11 @@ def causal_attention(
 
 
 class Attention(nn.Module):
-    """qkv projection -> (RoPE) -> causal SDPA -> output projection."""
+    """qkv projection -> (RoPE) -> SDPA, causal or bidirectional -> output projection."""
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True) -> None:
         super().__init__()
-        self.layer = layer
+        self.layer, self.causal = layer, causal
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
         self.qkv = nn.Linear(cfg.n_embd, qkv_width, bias=cfg.bias)
@@ -72,7 +123,9 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C); mask (B, 1, T, Tk) bool from padding_mask, or None for no padding."""
         B, T, C = x.shape
         heads, kv_heads, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, heads + 2 * kv_heads, D)  # (B, T, H + 2 Hkv, D)
@@ -82,6 +135,11 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, D)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, H, T, D)
+        dropout = self.dropout if self.training else 0.0
+        if mask is None and self.causal:
+            y = causal_attention(q, k, v, dropout)
+        else:
+            gqa = {"enable_gqa": True} if heads != kv_heads else {}
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))

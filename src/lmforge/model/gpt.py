@@ -5,7 +5,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
-from lmforge.model.attention import Attention, KVCache
+from lmforge.model.attention import Attention, KVCache, padding_mask
 from lmforge.model.layers import MLP, init_weights, layer_norm, rope_cache, rope_table
 
 
@@ -24,8 +24,9 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor | None,
         kv_cache: KVCache | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -53,8 +54,17 @@ class GPT(nn.Module):
             self.register_buffer("rope_rotations", table, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given.
+
+        attention_mask (B, T) marks real tokens (True/1) and padding (False/0) among idx, e.g.
+        for left-padded prompts; position ids then count real tokens only.
+        """
         T = idx.shape[1]
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.cfg.block_size:
@@ -62,18 +72,39 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size} "
                 "(model.block_size); crop the input"
             )
+        positions, mask = self._positions_and_mask(idx, start, kv_cache, attention_mask)
         x = self.tok_emb(idx)  # (B, T, C)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+            x = x + self.pos_emb(positions)
         else:
-            rope = self.rope_rotations[start : start + T]
+            rope = self.rope_rotations[positions]  # (T | B T, H + 2 Hkv, D/2)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rope, kv_cache)
+            x = block(x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def _positions_and_mask(
+        self,
+        idx: torch.Tensor,
+        start: int,
+        kv_cache: KVCache | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids (T,) or (B, T) and the attention mask; (arange, None) without padding."""
+        if attention_mask is None and (kv_cache is None or not kv_cache.padded):
+            return torch.arange(start, start + idx.shape[1], device=idx.device), None
+        if attention_mask is None:
+            real = torch.ones_like(idx, dtype=torch.bool)
+        else:
+            real = attention_mask.to(device=idx.device, dtype=torch.bool)
+        if kv_cache is None:
+            positions, real_keys = (real.cumsum(dim=1) - 1).clamp(min=0), real
+        else:
+            positions, real_keys = kv_cache.track_padding(real)
+        return positions, padding_mask(real_keys, idx.shape[1], causal=True)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for up to max_len (default block_size) positions."""

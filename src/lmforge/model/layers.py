@@ -63,11 +63,12 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return rotated.reshape(B, T, N, D).type_as(x)
 
 
-def init_weights(module: nn.Module, std: float, n_layer: int) -> None:
-    """GPT-2 init: N(0, std), zero biases, residual projections scaled by 1/√(2·n_layer)."""
+def init_weights(module: nn.Module, std: float, n_layer: int = 0) -> None:
+    """N(0, std) weights, zero biases; with n_layer > 0, residual projections are scaled by
+    1/√(2·n_layer) as in GPT-2 (BERT passes 0 and leaves them)."""
     if isinstance(module, nn.Linear):
         residual = getattr(module, "is_residual_projection", False)
-        scale = 1 / math.sqrt(2 * n_layer) if residual else 1.0
+        scale = 1 / math.sqrt(2 * n_layer) if residual and n_layer > 0 else 1.0
         nn.init.normal_(module.weight, mean=0.0, std=std * scale)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
