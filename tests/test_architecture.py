@@ -32,9 +32,11 @@ FORBIDDEN = {
     "lmforge.checkpoint": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
     "lmforge.generate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
     "lmforge.evaluate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
+    "lmforge.interop": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
+    "lmforge.files": ["lmforge."],
     "lmforge.cli": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
 }
-ALLOWED = {"lmforge.config": {"lmforge.errors"}}
+ALLOWED = {"lmforge.config": {"lmforge.errors"}, "lmforge.files": {"lmforge.errors"}}
 
 
 def imports_of(path: Path) -> set[str]:

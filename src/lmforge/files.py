@@ -1,8 +1,13 @@
 """Atomic file writes: readers see the old file or the new one, never half of one."""
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from lmforge.errors import LMForgeError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -16,3 +21,37 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty directory unless the user said --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise LMForgeError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise LMForgeError(
+            f"output directory {out} exists and is not empty; choose another --out or pass "
+            "--overwrite to replace it"
+        )
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a fresh directory beside out that replaces out only if the block succeeds.
+
+    A failure part-way leaves whatever was at out untouched.
+    """
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

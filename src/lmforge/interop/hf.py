@@ -1,0 +1,261 @@
+"""`lmforge import hf` and `lmforge export hf`: run directories <-> Hugging Face model directories.
+
+Weights are read from safetensors (single or sharded) or from `pytorch_model.bin` through
+`torch.load(weights_only=True)` only; arbitrary pickled objects are never loaded.
+"""
+
+import json
+import logging
+import pickle
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge import checkpoint as ckpt
+from lmforge.config import ModelConfig, RunConfig
+from lmforge.errors import CheckpointError
+from lmforge.files import staged_directory, write_text_atomic
+from lmforge.interop.hf_layout import (
+    Rule,
+    config_from_hf,
+    config_to_hf,
+    expected_theirs_shapes,
+    export_model_type,
+    full_name,
+    model_type_of,
+    normalise_names,
+    rules_for,
+    tensor_to_ours,
+    tensor_to_theirs,
+)
+from lmforge.interop.hf_tokenizer import import_tokenizer, special_token_ids, tokenizer_configs
+
+log = logging.getLogger(__name__)
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.safetensors",
+    "*.safetensors.index.json",
+]
+
+
+# ---------------------------------------------------------------- reading their files
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path.parent} has no {path.name}; is it a save_pretrained directory?"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def _shard_files(src: Path, index_name: str) -> list[Path]:
+    """The files named by a sharded checkpoint's index, each checked to sit inside src."""
+    weight_map = _read_json(src / index_name).get("weight_map", {})
+    files = []
+    for name in sorted(set(weight_map.values())):
+        path = (src / name).resolve()
+        if path.parent != src.resolve():
+            raise CheckpointError(f"{src / index_name} points outside its directory: {name}")
+        files.append(path)
+    return files
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin through weights_only=True: tensors and plain containers only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} does not load with torch.load(weights_only=True) ({first_line}); lmforge "
+            "never unpickles arbitrary objects. Re-save it as safetensors with a tool you trust"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat name -> tensor state dict")
+    return state
+
+
+def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face model directory, in float32 where it is floating point."""
+    if (src / "model.safetensors").is_file():
+        files, loader = [src / "model.safetensors"], _load_safetensors
+    elif (src / "model.safetensors.index.json").is_file():
+        files, loader = _shard_files(src, "model.safetensors.index.json"), _load_safetensors
+    elif (src / "pytorch_model.bin").is_file():
+        files, loader = [src / "pytorch_model.bin"], _load_bin
+    elif (src / "pytorch_model.bin.index.json").is_file():
+        files, loader = _shard_files(src, "pytorch_model.bin.index.json"), _load_bin
+    else:
+        raise CheckpointError(
+            f"{src} has no weights: expected model.safetensors (or a sharded index) or "
+            "pytorch_model.bin"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        tensors.update(loader(path))
+    return {n: t.float() if t.is_floating_point() else t for n, t in tensors.items()}
+
+
+def resolve_source(source: str) -> Path:
+    """A local save_pretrained directory, or a Hub repository id downloaded when online."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise CheckpointError(f"{source} is not a directory holding a Hugging Face model")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{source!r} is not a local directory, and downloading from the Hub needs the "
+            "huggingface_hub package (pip install huggingface_hub)"
+        ) from None
+    try:
+        local = Path(snapshot_download(repo_id=source, allow_patterns=HUB_FILES))
+        if not any(local.glob("*.safetensors")):
+            local = Path(snapshot_download(repo_id=source, allow_patterns=["pytorch_model*"]))
+    except Exception as exc:  # offline, unknown repository, gated model, ...
+        raise CheckpointError(
+            f"cannot download {source!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
+            "offline, pass a local save_pretrained directory instead"
+        ) from None
+    return local
+
+
+# ---------------------------------------------------------------- import
+
+
+def _convert_to_ours(
+    theirs: dict[str, torch.Tensor],
+    rules: list[Rule],
+    expected: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    model_type: str,
+) -> dict[str, torch.Tensor]:
+    """Our state dict from their tensors, naming any missing tensor or shape mismatch."""
+    ours, missing = {}, []
+    for rule in rules:
+        if not all(name in theirs for name in rule.theirs):
+            missing.append(rule)
+            continue
+        wanted = expected_theirs_shapes(rule, expected[rule.ours].shape)
+        for name, shape in zip(rule.theirs, wanted, strict=True):
+            if tuple(theirs[name].shape) != shape:
+                raise CheckpointError(
+                    f"tensor {full_name(name, model_type)} has shape {tuple(theirs[name].shape)}, "
+                    f"but config.json implies {shape}"
+                )
+        ours[rule.ours] = tensor_to_ours(rule, [theirs[n] for n in rule.theirs], cfg)
+    _report_missing(missing, model_type)
+    used = {name for rule in rules for name in rule.theirs}
+    extra = sorted(full_name(n, model_type) for n in set(theirs) - used)
+    if extra:
+        log.warning("ignored %d tensors lmforge has no place for: %s", len(extra), extra[:6])
+    return ours
+
+
+def _report_missing(missing: list[Rule], model_type: str) -> None:
+    heads = [r for r in missing if r.ours.startswith(("pooler", "mlm_", "nsp_head"))]
+    body = [r for r in missing if r not in heads]
+    if body:
+        names = [full_name(n, model_type) for r in body for n in r.theirs]
+        raise CheckpointError(f"the checkpoint lacks {len(names)} tensors, e.g. {names[:4]}")
+    if heads:
+        log.warning(
+            "the checkpoint has no %s; they keep their random initialisation",
+            ", ".join(sorted({r.ours.split(".")[0] for r in heads})),
+        )
+
+
+def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """A Hugging Face GPT-2 / GPT-NeoX / BERT directory (or Hub id) -> an lmforge run directory."""
+    src = resolve_source(source)
+    hf_config = _read_json(src / "config.json")
+    model_type = model_type_of(hf_config)
+    cfg = RunConfig(model=config_from_hf(hf_config))
+    tokenizer = import_tokenizer(src, model_type)
+    ckpt.check_vocab(tokenizer, cfg, str(src))
+    model = ckpt.build_model(cfg)
+    expected = model.state_dict()
+    theirs = normalise_names(read_hf_weights(src), model_type)
+    ours = _convert_to_ours(
+        theirs, rules_for(model_type, cfg.model), expected, cfg.model, model_type
+    )
+    model.load_state_dict(ours, strict=False)
+    with staged_directory(out, overwrite) as tmp:
+        ckpt.write_run_files(tmp, cfg, tokenizer)
+        ckpt.save_weights(model, tmp / ckpt.MODEL_FILE)
+    log.info("imported %s (%s) into %s", source, model_type, out)
+    return {"out": str(out), "architecture": model_type, "params": model.num_params()}
+
+
+# ---------------------------------------------------------------- export
+
+
+def _twin_shapes(cfg: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Size]]:
+    """The config of the Hugging Face twin (biases and segment embeddings always present)."""
+    twin = replace(cfg, bias=True, type_vocab_size=max(cfg.type_vocab_size, 1))
+    with torch.device("meta"):
+        shapes = {
+            k: v.shape for k, v in ckpt.build_model(RunConfig(model=twin)).state_dict().items()
+        }
+    return twin, shapes
+
+
+def _convert_to_theirs(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Their state dict; tensors our model lacks (biases, segment embeddings) exported as zeros."""
+    model_type = export_model_type(cfg)
+    twin, shapes = _twin_shapes(cfg)
+    theirs = {}
+    for rule in rules_for(model_type, twin):
+        tensor = state.get(rule.ours)
+        if tensor is None:
+            tensor = torch.zeros(shapes[rule.ours])
+        for name, part in zip(rule.theirs, tensor_to_theirs(rule, tensor, twin), strict=True):
+            theirs[full_name(name, model_type)] = part.contiguous()
+    return theirs
+
+
+def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """An lmforge run directory -> a directory `transformers` loads with from_pretrained offline."""
+    cfg, model, tokenizer = ckpt.load_run(run_dir)
+    model_type = export_model_type(cfg.model)
+    theirs = _convert_to_theirs(ckpt.clean_state_dict(model), cfg.model)
+    ids = special_token_ids(tokenizer)
+    generation = {f"{k}_token_id": v for k, v in ids.items()}
+    if "eos" in ids:
+        generation["pad_token_id"] = ids["eos"]
+    with staged_directory(out, overwrite) as tmp:
+        write_text_atomic(tmp / "config.json", json.dumps(config_to_hf(cfg.model, ids), indent=2))
+        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save(tmp / "tokenizer.json")
+        for name, content in tokenizer_configs(tokenizer, cfg.model.block_size).items():
+            write_text_atomic(tmp / name, json.dumps(content, indent=2))
+        if cfg.model.arch == "gpt":
+            write_text_atomic(tmp / "generation_config.json", json.dumps(generation, indent=2))
+    log.info("exported %s as %s into %s", run_dir, model_type, out)
+    return {"out": str(out), "architecture": model_type, "params": model.num_params()}
