@@ -1,0 +1,34 @@
+"""Shared pieces of the interop tests: a Unicode torture text and twin-building helpers."""
+
+import torch
+
+TORTURE = (
+    "Héllo wörld — naïve café, ñandú; 日本語のテキスト、中文字符 🤖🚀 e\u0301 ﬁne\t tabs\n\n"
+    "  double  spaces ¿¡Ω≈ç√∫ \u200bzero-width 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 👩‍👩‍👧 Ελληνικά русский العربية "
+    "don't I'm 12,345.67 <|endoftext|> [CLS] trailing   "
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 20,
+    "Pack my box with five dozen liquor jugs! How vexingly quick daft zebras jump. " * 20,
+    "Héllo wörld, naïve café; 日本語 テキスト 🤖 numbers 12345 and symbols {}[]()<>. " * 20,
+]
+
+
+def scaled_init(model: torch.nn.Module, std: float = 0.15, seed: int = 0) -> None:
+    """Weights large enough that attention is sharp: a wrong head or rotary layout shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 1:  # LayerNorm gains stay near 1
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def random_ids(vocab: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def right_padding(lengths: list[int], width: int) -> torch.Tensor:
+    """(B, width) attention mask, 1 on the first lengths[i] positions."""
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
