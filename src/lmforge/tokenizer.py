@@ -1,15 +1,15 @@
-"""Tokenizers over Hugging Face `tokenizers`: byte-level BPE (GPT-2 style) and char-level.
+"""Tokenizers over Hugging Face `tokenizers`: byte-level BPE (GPT-2 style), WordPiece (BERT) and
+char-level.
 
-Both save a `tokenizer.json` that transformers' `PreTrainedTokenizerFast(tokenizer_file=...)`
-loads.
+Each saves a `tokenizer.json` that transformers loads: `PreTrainedTokenizerFast(tokenizer_file=...)`
+for BPE and char, `BertTokenizerFast(tokenizer_file=...)` for WordPiece.
 """
 
 import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import DataError
@@ -17,15 +17,27 @@ from lmforge.files import write_text_atomic
 
 EOT = "<|endoftext|>"
 UNK = "<|unk|>"
+PAD, BERT_UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+BERT_SPECIALS = (PAD, BERT_UNK, CLS, SEP, MASK)  # ids 0..4 of a trained WordPiece vocabulary
+_KINDS = {"BPE": "bpe", "WordLevel": "char", "WordPiece": "wordpiece"}
 
 
 class Tokenizer:
-    """Text <-> token ids, with `<|endoftext|>` as the document separator."""
+    """Text <-> token ids. Documents are separated by `<|endoftext|>` (bpe, char) or `[SEP]`
+    (wordpiece, which also has the BERT specials `[PAD] [UNK] [CLS] [SEP] [MASK]`)."""
 
     def __init__(self, backend: HFTokenizer) -> None:
-        if backend.token_to_id(EOT) is None:
-            raise DataError(f"tokenizer has no {EOT} token; train one with `lmforge prepare`")
         self.backend = backend
+        self._specials = {
+            token.content: i
+            for i, token in backend.get_added_tokens_decoder().items()
+            if token.special
+        }
+        if self.special_id(EOT) is None and self.special_id(SEP) is None:
+            raise DataError(
+                f"tokenizer has neither {EOT} nor {SEP} as a special token, so documents cannot "
+                "be separated; train one with `lmforge prepare`"
+            )
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int = 8192) -> "Tokenizer":
@@ -42,6 +54,44 @@ class Tokenizer:
             show_progress=False,
         )
         backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend)
+
+    @classmethod
+    def train_wordpiece(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 16000,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+    ) -> "Tokenizer":
+        """BERT WordPiece: BERT normalizer and pre-tokenizer, `##` continuations, specials 0..4.
+
+        Args:
+            strip_accents: None follows `lowercase`, as in the original BERT.
+        """
+        if vocab_size <= len(BERT_SPECIALS):
+            raise DataError(f"--vocab-size {vocab_size} is too small for WordPiece (> 5)")
+        backend = HFTokenizer(models.WordPiece(unk_token=BERT_UNK, continuing_subword_prefix="##"))
+        backend.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(BERT_SPECIALS),
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{CLS}:0 $A:0 {SEP}:0",
+            pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+            special_tokens=[(t, backend.token_to_id(t)) for t in (CLS, SEP)],
+        )
         return cls(backend)
 
     @classmethod
@@ -76,23 +126,83 @@ class Tokenizer:
 
     @property
     def kind(self) -> str:
-        model = json.loads(self.backend.to_str())["model"]["type"]
-        return {"BPE": "bpe", "WordLevel": "char"}.get(model, model.lower())
+        """One of bpe, char or wordpiece (another model type: its lowercased name)."""
+        model = type(self.backend.model).__name__
+        return _KINDS.get(model, model.lower())
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    def vocab(self) -> list[str]:
+        """Every token, indexed by its id ("" for an id no token has)."""
+        tokens = [""] * self.vocab_size
+        for token, i in self.backend.get_vocab(with_added_tokens=True).items():
+            tokens[i] = token
+        return tokens
+
+    def special_id(self, token: str) -> int | None:
+        """The id of a special token (e.g. "[MASK]"), or None when this tokenizer lacks it."""
+        return self._specials.get(token)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of every special token: never masked, never a random MLM replacement."""
+        return frozenset(self._specials.values())
+
     @property
     def eot_id(self) -> int:
-        return self.backend.token_to_id(EOT)
+        """The `<|endoftext|>` id; a DataError for tokenizers without one (wordpiece)."""
+        eot = self.special_id(EOT)
+        if eot is None:
+            raise DataError(
+                f"this {self.kind} tokenizer has no {EOT} token, which causal-LM generation needs; "
+                "use a model trained on data prepared with --tokenizer bpe or char"
+            )
+        return eot
+
+    @property
+    def separator_id(self) -> int:
+        """The token written before each document in the shards: `<|endoftext|>`, else `[SEP]`."""
+        separator = self.special_id(EOT)
+        return self._specials[SEP] if separator is None else separator
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_id(PAD)
+
+    @property
+    def cls_id(self) -> int | None:
+        return self.special_id(CLS)
+
+    @property
+    def sep_id(self) -> int | None:
+        return self.special_id(SEP)
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.special_id(MASK)
+
+    @property
+    def unk_id(self) -> int | None:
+        """The id unknown text maps to (`[UNK]` or `<|unk|>`); None for byte-level BPE."""
+        unk = getattr(self.backend.model, "unk_token", None)
+        return None if unk is None else self.backend.token_to_id(unk)
 
     def sha256(self) -> str:
         """A fingerprint of the vocabulary and rules, to match data, checkpoints and tokenizers."""
         return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids; with add_special_tokens, a wordpiece tokenizer adds `[CLS] ... [SEP]`."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_pair(self, a: str, b: str) -> tuple[list[int], list[int]]:
+        """`[CLS] a [SEP] b [SEP]` as (ids, token_type_ids): type 0 to the first [SEP], then 1."""
+        if self.cls_id is None or self.sep_id is None:
+            raise DataError(f"a {self.kind} tokenizer has no [CLS] and [SEP]; use wordpiece")
+        encoding = self.backend.encode(a, b, add_special_tokens=True)
+        return encoding.ids, encoding.type_ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts in parallel (the Rust backend uses every core)."""
