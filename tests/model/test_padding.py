@@ -106,3 +106,15 @@ def test_bert_is_bidirectional_and_uses_segments() -> None:
         assert not torch.allclose(model.encode(changed)[0, 0], base[0, 0])
         other_segment = model.encode(ids, token_types=torch.ones_like(ids))
         assert not torch.allclose(other_segment, base)
+
+
+def test_logits_to_keep_gives_the_last_positions_only() -> None:
+    model = _gpt("learned")
+    ids = torch.randint(1, 97, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = model(ids)
+        last = model(ids, logits_to_keep=1)
+        last3 = model(ids, logits_to_keep=3)
+    assert last.shape == (2, 1, 97)
+    torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(last3, full[:, -3:])

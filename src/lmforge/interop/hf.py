@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lmforge import checkpoint as ckpt
 from lmforge.config import ModelConfig, RunConfig
@@ -172,6 +173,8 @@ def _convert_to_ours(
         ours[rule.ours] = tensor_to_ours(rule, [theirs[n] for n in rule.theirs], cfg)
     _report_missing(missing, model_type)
     used = {name for rule in rules for name in rule.theirs}
+    if cfg.tie_weights:  # the head is the token embedding; a copy of it may be in the file
+        used |= {"^lm_head.weight", "^embed_out.weight"}
     extra = sorted(full_name(n, model_type) for n in set(theirs) - used)
     if extra:
         log.warning("ignored %d tensors lmforge has no place for: %s", len(extra), extra[:6])
@@ -191,6 +194,20 @@ def _report_missing(missing: list[Rule], model_type: str) -> None:
         )
 
 
+def model_from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Our model holding the weights of a Hugging Face one (its config dict and state dict).
+
+    E.g. `model_from_hf(hf.config.to_dict(), hf.state_dict())` for a loaded transformers model.
+    """
+    model_type = model_type_of(hf_config)
+    cfg = config_from_hf(hf_config)
+    model = ckpt.build_model(RunConfig(model=cfg))
+    theirs = normalise_names(tensors, model_type)
+    ours = _convert_to_ours(theirs, rules_for(model_type, cfg), model.state_dict(), cfg, model_type)
+    model.load_state_dict(ours, strict=False)
+    return model.eval()
+
+
 def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """A Hugging Face GPT-2 / GPT-NeoX / BERT directory (or Hub id) -> an lmforge run directory."""
     src = resolve_source(source)
@@ -199,13 +216,7 @@ def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]
     cfg = RunConfig(model=config_from_hf(hf_config))
     tokenizer = import_tokenizer(src, model_type)
     ckpt.check_vocab(tokenizer, cfg, str(src))
-    model = ckpt.build_model(cfg)
-    expected = model.state_dict()
-    theirs = normalise_names(read_hf_weights(src), model_type)
-    ours = _convert_to_ours(
-        theirs, rules_for(model_type, cfg.model), expected, cfg.model, model_type
-    )
-    model.load_state_dict(ours, strict=False)
+    model = model_from_hf(hf_config, read_hf_weights(src))
     with staged_directory(out, overwrite) as tmp:
         ckpt.write_run_files(tmp, cfg, tokenizer)
         ckpt.save_weights(model, tmp / ckpt.MODEL_FILE)

@@ -59,11 +59,13 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given.
 
         attention_mask (B, T) marks real tokens (True/1) and padding (False/0) among idx, e.g.
-        for left-padded prompts; position ids then count real tokens only.
+        for left-padded prompts; position ids then count real tokens only. logits_to_keep > 0
+        computes logits for the last that many positions only (generation needs one).
         """
         T = idx.shape[1]
         start = kv_cache.pos if kv_cache is not None else 0
@@ -84,7 +86,9 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.lm_head(self.ln_f(x))  # (B, T | logits_to_keep, V)
 
     def _positions_and_mask(
         self,

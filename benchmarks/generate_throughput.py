@@ -1,0 +1,129 @@
+"""Greedy decoding speed of lmforge against transformers' `generate`, same GPT-2-small weights.
+
+    python benchmarks/generate_throughput.py [--rounds 3] [--new-tokens 128]
+
+A random-initialised GPT2LMHeadModel of the GPT-2-small shape (124M) is converted in memory to
+our GPT, so both decode with identical weights. Batch 1, a 16-token prompt, 128 new tokens,
+greedy, KV cache on both sides; runs alternate ours/theirs so both see the same machine speed.
+Also: batch-8 throughput, prefill latency of a 512-token prompt, and the share of the memory-read
+limit (weight bytes per token × tokens/s ÷ measured read bandwidth). The last line is JSON.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmforge.config import SamplingConfig
+from lmforge.generate import generate_tokens
+from lmforge.interop.hf import model_from_hf
+from lmforge.model import GPT
+
+
+def read_bandwidth_gbs(gib: int = 1, repeats: int = 5) -> float:
+    """Memory read bandwidth: the best of a few sums over a buffer far larger than the caches."""
+    buffer = torch.ones(gib * 2**28)  # gib GiB of float32
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 4 / best / 1e9
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ours_greedy(model: GPT, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
+    return list(generate_tokens(model, prompt[0].tolist(), sampling))
+
+
+def hf_greedy(model: GPT2LMHeadModel, prompt: torch.Tensor, new_tokens: int) -> list[list[int]]:
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[:, prompt.shape[1] :].tolist()
+
+
+def ours_batch(model: GPT, prompts: torch.Tensor, new_tokens: int) -> None:
+    """Batched greedy decoding through our KV cache (equal-length prompts, no padding)."""
+    with torch.inference_mode():
+        cache = model.new_kv_cache(prompts.shape[0], prompts.shape[1] + new_tokens)
+        token = model(prompts, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+        for _ in range(new_tokens - 1):
+            token = model(token, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed runs per side")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the throughput run")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    ours = model_from_hf(hf.config.to_dict(), hf.state_dict())
+    vocab = hf.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=g)
+    n = args.new_tokens
+
+    same = ours_greedy(ours, prompt, n) == hf_greedy(hf, prompt, n)[0]  # also warms both up
+    ours_s, hf_s = [], []
+    for _ in range(args.rounds):
+        ours_s.append(timed(lambda: ours_greedy(ours, prompt, n)))
+        hf_s.append(timed(lambda: hf_greedy(hf, prompt, n)))
+    ours_tps, hf_tps = n / statistics.median(ours_s), n / statistics.median(hf_s)
+
+    batch = torch.randint(0, vocab, (args.batch, args.prompt_tokens), generator=g)
+    ours_batch_tps = (
+        args.batch * n / min(timed(lambda: ours_batch(ours, batch, n)) for _ in range(2))
+    )
+    hf_batch_tps = args.batch * n / min(timed(lambda: hf_greedy(hf, batch, n)) for _ in range(2))
+
+    long_prompt = torch.randint(0, vocab, (1, 512), generator=g)
+    with torch.inference_mode():
+        ours_prefill = min(
+            timed(lambda: ours(long_prompt, kv_cache=ours.new_kv_cache(1))) for _ in range(3)
+        )
+        hf_prefill = min(timed(lambda: hf(long_prompt, use_cache=True)) for _ in range(3))
+
+    bandwidth = read_bandwidth_gbs()
+    bytes_per_token = ours.num_params(exclude_position_embedding=True) * 4
+    result = {
+        "ours_tokens_per_s": round(ours_tps, 2),
+        "hf_tokens_per_s": round(hf_tps, 2),
+        "speedup": round(ours_tps / hf_tps, 3),
+        "greedy_tokens_identical": same,
+        "read_bandwidth_gb_s": round(bandwidth, 1),
+        "ours_share_of_read_limit": round(bytes_per_token * ours_tps / (bandwidth * 1e9), 3),
+        "hf_share_of_read_limit": round(bytes_per_token * hf_tps / (bandwidth * 1e9), 3),
+        f"ours_batch{args.batch}_tokens_per_s": round(ours_batch_tps, 1),
+        f"hf_batch{args.batch}_tokens_per_s": round(hf_batch_tps, 1),
+        "ours_prefill_512_ms": round(ours_prefill * 1000, 1),
+        "hf_prefill_512_ms": round(hf_prefill * 1000, 1),
+        "ours_runs_s": [round(s, 3) for s in ours_s],
+        "hf_runs_s": [round(s, 3) for s in hf_s],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
