@@ -33,6 +33,9 @@ class Tokenizer:
             for i, token in backend.get_added_tokens_decoder().items()
             if token.special
         }
+        eot = backend.token_to_id(EOT)
+        if eot is not None:  # the document separator even where a file does not mark it special
+            self._specials.setdefault(EOT, eot)
         if self.special_id(EOT) is None and self.special_id(SEP) is None:
             raise DataError(
                 f"tokenizer has neither {EOT} nor {SEP} as a special token, so documents cannot "

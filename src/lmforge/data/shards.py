@@ -1,5 +1,10 @@
-"""Token shards: documents encoded in parallel into uint16/uint32 `.bin` memmaps + `meta.json`."""
+"""Token shards: documents encoded in parallel into uint16/uint32 `.bin` memmaps + `meta.json`.
 
+With a wordpiece tokenizer each split also gets a sentence index (see `lmforge.data.sentences`)
+for BERT's next-sentence prediction; bpe and char shards are written exactly as before.
+"""
+
+import itertools
 import json
 import shutil
 from collections.abc import Iterable, Iterator
@@ -11,9 +16,10 @@ import numpy as np
 import torch
 
 from lmforge.data.corpus import Document
+from lmforge.data.sentences import SentenceCorpus, SentenceIndexWriter, split_sentences
 from lmforge.errors import DataError
 from lmforge.files import write_text_atomic
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import EOT, Tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "lmforge-shards/1"
@@ -26,6 +32,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 @dataclass
+class _Piece:
+    """One encoded document (or chunk of one) on its way into a split."""
+
+    tokens: np.ndarray  # int64, the separator first unless the chunk continues a document
+    spans: np.ndarray | None  # (n, 2) sentence [start, end) offsets into tokens (wordpiece)
+    continued: bool = False
+    new_document: bool = True  # starts a document in the sentence index of its split
+
+    def cut(self, at: int) -> tuple["_Piece", "_Piece"]:
+        """Split at token `at`; a sentence that straddles the cut becomes two."""
+        head = _Piece(self.tokens[:at], None, self.continued, self.new_document)
+        tail = _Piece(self.tokens[at:], None, True, True)
+        if self.spans is not None:
+            head.spans = np.minimum(self.spans[self.spans[:, 0] < at], at)
+            tail.spans = np.maximum(self.spans[self.spans[:, 1] > at], at) - at
+        return head, tail
+
+
+@dataclass
 class _SplitWriter:
     """Appends token arrays to numbered shard files of at most shard_tokens tokens."""
 
@@ -33,10 +58,15 @@ class _SplitWriter:
     split: str
     dtype: np.dtype
     shard_tokens: int
+    sentences: SentenceIndexWriter | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
     documents: int = 0
 
-    def write(self, tokens: np.ndarray) -> None:
+    def write(self, piece: _Piece) -> None:
+        if self.sentences is not None and piece.spans is not None:
+            offset = sum(f["tokens"] for f in self.files)
+            self.sentences.add(piece.spans + offset, piece.new_document)
+        tokens = piece.tokens
         while len(tokens):
             if not self.files or self.files[-1]["tokens"] >= self.shard_tokens:
                 self.files.append({"name": f"{self.split}_{len(self.files):03d}.bin", "tokens": 0})
@@ -47,11 +77,14 @@ class _SplitWriter:
             tokens = tokens[room:]
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "files": self.files,
             "tokens": sum(f["tokens"] for f in self.files),
             "documents": self.documents,
         }
+        if self.sentences is not None:
+            summary["sentences"] = self.sentences.close()
+        return summary
 
 
 def _document_batches(documents: Iterable[Document], max_chars: int) -> Iterator[list[Document]]:
@@ -69,13 +102,36 @@ def _document_batches(documents: Iterable[Document], max_chars: int) -> Iterator
 
 def _encode_documents(
     documents: Iterable[Document], tokenizer: Tokenizer, batch_chars: int
-) -> Iterator[tuple[Document, np.ndarray]]:
-    """Each document's tokens, preceded by <|endoftext|> unless it continues the previous one."""
-    eot = tokenizer.eot_id
+) -> Iterator[_Piece]:
+    """Each document's tokens, preceded by the separator unless it continues the previous one.
+
+    The separator is <|endoftext|> (bpe, char) or [SEP] (wordpiece). A wordpiece tokenizer
+    encodes the text sentence by sentence and records where each sentence lies.
+    """
+    separator = tokenizer.separator_id
     for batch in _document_batches(documents, batch_chars):
+        if tokenizer.kind == "wordpiece":
+            yield from _encode_sentences(batch, tokenizer, separator)
+            continue
         texts = [("\n\n" + d.text) if d.continued else d.text for d in batch]
         for doc, ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
-            yield doc, np.asarray(ids if doc.continued else [eot, *ids], dtype=np.int64)
+            tokens = np.asarray(ids if doc.continued else [separator, *ids], dtype=np.int64)
+            yield _Piece(tokens, None, doc.continued)
+
+
+def _encode_sentences(
+    batch: list[Document], tokenizer: Tokenizer, separator: int
+) -> Iterator[_Piece]:
+    sentences = [split_sentences(d.text) for d in batch]
+    encoded = iter(tokenizer.encode_batch([s for doc in sentences for s in doc]))
+    for doc, texts in zip(batch, sentences, strict=True):
+        pieces = [ids for ids in (next(encoded) for _ in texts) if ids]
+        head = [] if doc.continued else [separator]
+        tokens = np.fromiter(itertools.chain(head, *pieces), dtype=np.int64)
+        lengths = np.array([len(ids) for ids in pieces], dtype=np.int64)
+        ends = len(head) + np.cumsum(lengths)
+        spans = np.stack([ends - lengths, ends], axis=1)
+        yield _Piece(tokens, spans, doc.continued)
 
 
 def write_shards(
@@ -92,47 +148,63 @@ def write_shards(
     document (or the tail of a lone document) becomes the validation split.
     """
     dtype = token_dtype(tokenizer.vocab_size)
-    writers = {s: _SplitWriter(out_dir, s, dtype, shard_tokens) for s in SPLITS}
-    pending: np.ndarray | None = None  # held back one step so the last document can go to val
-    for index, (_, tokens) in enumerate(_encode_documents(documents, tokenizer, batch_chars)):
+    sentences = tokenizer.kind == "wordpiece"
+    writers = {
+        s: _SplitWriter(
+            out_dir, s, dtype, shard_tokens, SentenceIndexWriter(out_dir, s) if sentences else None
+        )
+        for s in SPLITS
+    }
+    pending: _Piece | None = None  # held back one step so the last document can go to val
+    previous = None  # the split the previous piece went to
+    for index, piece in enumerate(_encode_documents(documents, tokenizer, batch_chars)):
         if pending is not None:
             writers["train"].write(pending)
         pending = None
+        split = "train"
         if val_fraction > 0 and int((index + 1) * val_fraction) > int(index * val_fraction):
-            writers["val"].write(tokens)
-            writers["val"].documents += 1
+            split = "val"
+        # a chunk continues its document only where the previous chunk went too
+        piece.new_document = not piece.continued or previous != split
+        previous = split
+        writers[split].documents += 1
+        if split == "val":
+            writers["val"].write(piece)
         else:
-            pending = tokens
-            writers["train"].documents += 1
+            pending = piece
     if pending is not None:
         _write_last_document(writers, pending, val_fraction)
     meta = {
         "format": FORMAT,
         "vocab_size": tokenizer.vocab_size,
         "dtype": dtype.name,
-        "eot_id": tokenizer.eot_id,
+        "eot_id": tokenizer.special_id(EOT),
         "tokenizer_kind": tokenizer.kind,
         "tokenizer_sha256": tokenizer.sha256(),
         "val_fraction": val_fraction,
         "splits": {s: w.summary() for s, w in writers.items()},
     }
+    if sentences:
+        meta["separator_id"] = tokenizer.separator_id
     write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2))
     return meta
 
 
 def _write_last_document(
-    writers: dict[str, _SplitWriter], tokens: np.ndarray, val_fraction: float
+    writers: dict[str, _SplitWriter], piece: _Piece, val_fraction: float
 ) -> None:
     if val_fraction <= 0 or writers["val"].documents > 0:
-        writers["train"].write(tokens)
+        writers["train"].write(piece)
     elif writers["train"].documents > 1:  # move the whole last document to val
         writers["train"].documents -= 1
         writers["val"].documents += 1
-        writers["val"].write(tokens)
+        piece.new_document = True
+        writers["val"].write(piece)
     else:  # a lone document: its tail becomes val
-        cut = len(tokens) - max(1, int(len(tokens) * val_fraction))
-        writers["train"].write(tokens[:cut])
-        writers["val"].write(tokens[cut:])
+        tokens = piece.tokens
+        head, tail = piece.cut(len(tokens) - max(1, int(len(tokens) * val_fraction)))
+        writers["train"].write(head)
+        writers["val"].write(tail)
         writers["val"].documents = 1
 
 
@@ -182,6 +254,17 @@ class TokenShards:
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
+
+    def sentences(self, split: str) -> SentenceCorpus:
+        """The split's sentences and documents (data prepared with a wordpiece tokenizer)."""
+        entry = self.meta["splits"][split].get("sentences")
+        if entry is None:
+            raise DataError(
+                f"{self.directory} has no sentence index (it was prepared with a "
+                f"{self.meta.get('tokenizer_kind')} tokenizer); BERT pretraining needs data "
+                "prepared with --tokenizer wordpiece"
+            )
+        return SentenceCorpus.open(self.directory, entry, self.arrays[split])
 
     def num_tokens(self, split: str) -> int:
         return sum(len(a) for a in self.arrays[split])
