@@ -67,6 +67,18 @@ class GPT(nn.Module):
         for left-padded prompts; position ids then count real tokens only. logits_to_keep > 0
         computes logits for the last that many positions only (generation needs one).
         """
+        x = self.encode(idx, kv_cache, attention_mask)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.lm_head(x)  # (B, T | logits_to_keep, V)
+
+    def encode(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, C), after ln_f: what the head and task heads read."""
         T = idx.shape[1]
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.cfg.block_size:
@@ -86,9 +98,7 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return self.lm_head(self.ln_f(x))  # (B, T | logits_to_keep, V)
+        return self.ln_f(x)
 
     def _positions_and_mask(
         self,
