@@ -104,6 +104,23 @@ def causal_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **gqa)
 
 
+def single_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q·Kᵀ/√d_k)·V for one query per row (B, H, 1, D), as in decoding.
+
+    Two small matmuls: at this size the setup of SDPA's fused kernel costs more than the math.
+    Grouped-query heads are folded into the query dimension instead of repeating k and v.
+    """
+    B, H, _, D = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(B, kv_heads, H // kv_heads, D)  # (B, Hkv, G, D): head h reads kv head h // G
+    scores = (q @ k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, G, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, Tk)
+    return (scores.softmax(dim=-1) @ v).reshape(B, H, 1, D)
+
+
 class Attention(nn.Module):
     """qkv projection -> (RoPE) -> SDPA, causal or bidirectional -> output projection."""
 
@@ -136,7 +153,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if mask is None and self.causal:
+        if T == 1 and dropout == 0.0 and k.shape[2] > 1:  # decoding one token
+            y = single_query_attention(q, k, v, mask)
+        elif mask is None and self.causal:
             y = causal_attention(q, k, v, dropout)
         else:
             gqa = {"enable_gqa": True} if heads != kv_heads else {}
