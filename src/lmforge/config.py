@@ -161,19 +161,48 @@ class RunConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SamplingConfig:
-    """How to pick each generated token."""
+    """How to pick each generated token: sampling or greedy (beams=1), or beam search.
 
-    max_new_tokens: int = param(200, "tokens to generate")
+    Beam search is deterministic, so beams > 1 refuses the sampling settings (temperature > 0,
+    top_k, top_p) instead of silently ignoring them: use temperature=0 with beams.
+    """
+
+    max_new_tokens: int = param(200, "tokens to generate at most")
+    min_new_tokens: int = param(0, "<|endoftext|> is banned until this many tokens are generated")
     temperature: float = param(0.8, "softmax temperature; 0 is greedy (argmax)")
     top_k: int = param(0, "sample among the k most likely tokens; 0 disables")
     top_p: float = param(1.0, "sample from the smallest set with this much probability mass")
+    repetition_penalty: float = param(
+        1.0, "CTRL penalty on tokens already in the text (prompt included); 1 disables"
+    )
+    no_repeat_ngram_size: int = param(0, "never repeat an n-gram of this size; 0 disables")
+    beams: int = param(1, "beam search with this many beams; 1 samples (or is greedy)")
+    length_penalty: float = param(
+        1.0, "beam score = sum of log-probs / length**length_penalty; > 0 favours longer"
+    )
+    early_stopping: bool = param(
+        False, "beam search ends once `beams` hypotheses finished (else when none can improve)"
+    )
     seed: int | None = param(None, "seed for reproducible sampling")
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 0, "--max-new-tokens must be >= 0")
+        _require(
+            0 <= self.min_new_tokens <= self.max_new_tokens,
+            f"--min-new-tokens must be in [0, --max-new-tokens={self.max_new_tokens}]",
+        )
         _require(self.temperature >= 0, "--temperature must be >= 0 (0 is greedy)")
         _require(self.top_k >= 0, "--top-k must be >= 0 (0 disables top-k)")
         _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
+        _require(self.repetition_penalty > 0, "--repetition-penalty must be > 0 (1 disables it)")
+        _require(self.no_repeat_ngram_size >= 0, "--no-repeat-ngram-size must be >= 0 (0 disables)")
+        _require(self.beams >= 1, "--beams must be >= 1 (1 disables beam search)")
+        _require(
+            self.beams == 1 or (self.temperature == 0 and self.top_k == 0 and self.top_p == 1),
+            f"--beams {self.beams} searches deterministically and does not sample: drop "
+            "--temperature/--top-k/--top-p (or set --temperature 0), or use --beams 1 to sample",
+        )
+        _require(abs(self.length_penalty) < float("inf"), "--length-penalty must be finite")
 
 
 # ---------------------------------------------------------------- dict <-> dataclass
