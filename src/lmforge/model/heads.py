@@ -1,0 +1,69 @@
+"""Task heads over a pretrained body: sequence classification for BERT and GPT alike."""
+
+import torch
+from torch import nn
+
+from lmforge.errors import LMForgeError
+from lmforge.model.bert import BERT
+from lmforge.model.gpt import GPT
+
+
+class SequenceClassifier(nn.Module):
+    """logits = W · dropout(summary(x)) + b, with one summary vector per sequence.
+
+    The summary is the body's pooled [CLS] vector, tanh(W_p · h_[CLS] + b_p), for a BERT, and
+    the final hidden state of the last real token for a GPT (the only position that has seen
+    the whole sequence). Batches are right-padded; attention_mask (B, T) is True on real tokens.
+    A GPT has no token types, so they are ignored for it.
+    """
+
+    def __init__(self, body: nn.Module, n_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if not isinstance(body, BERT | GPT):
+            raise LMForgeError(
+                f"cannot classify with a {type(body).__name__} body; use a BERT or a GPT"
+            )
+        if n_classes < 2:
+            raise LMForgeError(f"classification needs at least 2 classes, got {n_classes}")
+        self.body = body
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(body.cfg.n_embd, n_classes)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=body.cfg.init_std)
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The body's Transformer blocks (FSDP shards per block)."""
+        return self.body.blocks
+
+    def summary(
+        self,
+        idx: torch.Tensor,
+        token_types: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The sequence vectors (B, C) the classifier reads."""
+        if isinstance(self.body, BERT):
+            return self.body.pool(self.body.encode(idx, token_types, attention_mask))
+        hidden = self.body.encode(idx, attention_mask=attention_mask)  # (B, T, C)
+        if attention_mask is None:
+            return hidden[:, -1]
+        last = (attention_mask.sum(1).long() - 1).clamp(min=0)  # (B,) right padding
+        return hidden[torch.arange(idx.shape[0], device=idx.device), last]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        token_types: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Class logits (B, n_classes) for token ids idx (B, T)."""
+        return self.classifier(self.drop(self.summary(idx, token_types, attention_mask)))
+
+    def num_params(self) -> int:
+        """Parameter count of body and head (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token of the body (the head adds 6·C·K per sequence, negligible)."""
+        return self.body.flops_per_token()
