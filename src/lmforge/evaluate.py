@@ -1,12 +1,16 @@
-"""Evaluation metrics: perplexity of a model over a token split."""
+"""Evaluation metrics: perplexity of a model over a token split, and classification metrics."""
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.data.batches import Batch
 from lmforge.data.shards import TokenShards
 
 
@@ -38,3 +42,99 @@ def split_perplexity(
         count += chunk[:, 1:].numel()
     loss = total / max(count, 1)
     return Perplexity(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=count)
+
+
+def classification_metrics(
+    predictions: Sequence[int] | torch.Tensor | np.ndarray,
+    labels: Sequence[int] | torch.Tensor | np.ndarray,
+    n_classes: int,
+) -> dict[str, Any]:
+    """Accuracy, macro and per-class precision / recall / F1, support and the confusion matrix.
+
+    Per class c: P = TP/(TP+FP), R = TP/(TP+FN), F1 = 2·TP/(2·TP+FP+FN), each 0 where its
+    denominator is 0 (scikit-learn's zero_division=0). Macro scores average the classes that
+    occur among the labels or the predictions, as scikit-learn's average="macro" does, so a
+    class absent from both does not count as a zero. confusion[t][p] counts examples of true
+    class t predicted as p. Every value is a plain int or float (JSON-ready).
+    """
+    pred = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    true = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if pred.shape != true.shape:
+        raise ValueError(f"{len(pred)} predictions for {len(true)} labels")
+    if len(true) and (min(pred.min(), true.min()) < 0 or max(pred.max(), true.max()) >= n_classes):
+        raise ValueError(f"class ids must lie in [0, {n_classes})")
+    confusion = np.bincount(true * n_classes + pred, minlength=n_classes**2).reshape(
+        n_classes, n_classes
+    )  # (true, predicted)
+    tp = np.diag(confusion)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    precision = _ratio(tp, predicted)
+    recall = _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)  # 2TP + FP + FN = support + predicted
+    present = (support + predicted) > 0
+    macro = [float(x[present].mean()) if present.any() else 0.0 for x in (precision, recall, f1)]
+    return {
+        "n": len(true),
+        "accuracy": float(tp.sum() / len(true)) if len(true) else 0.0,
+        "macro_precision": macro[0],
+        "macro_recall": macro[1],
+        "macro_f1": macro[2],
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator elementwise, 0 where the denominator is 0."""
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+
+def format_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str]) -> str:
+    """The confusion matrix as a text table: one row per true label, one column per predicted."""
+    corner = "true \\ predicted"
+    width = max(len(str(v)) for row in matrix for v in row) if len(matrix) else 1
+    width = max(width, *(len(name) for name in label_names))
+    first = max(len(corner), *(len(name) for name in label_names))
+    lines = [" ".join([corner.ljust(first), *(name.rjust(width) for name in label_names)])]
+    for name, row in zip(label_names, matrix, strict=True):
+        lines.append(" ".join([name.ljust(first), *(str(v).rjust(width) for v in row)]))
+    return "\n".join(lines)
+
+
+def format_classification_report(metrics: dict[str, Any], label_names: Sequence[str]) -> str:
+    """Per-class precision / recall / F1 / support, then the macro averages and accuracy."""
+    first = max(len("macro avg"), *(len(name) for name in label_names))
+    header = f"{'':{first}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"
+    lines = [header]
+    for c, name in enumerate(label_names):
+        p, r, f = metrics["precision"][c], metrics["recall"][c], metrics["f1"][c]
+        lines.append(f"{name:{first}} {p:9.4f} {r:9.4f} {f:9.4f} {metrics['support'][c]:9d}")
+    p, r, f = metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"]
+    lines.append(f"{'macro avg':{first}} {p:9.4f} {r:9.4f} {f:9.4f} {metrics['n']:9d}")
+    lines.append(f"{'accuracy':{first}} {'':9} {'':9} {metrics['accuracy']:9.4f} {metrics['n']:9d}")
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, batches: Iterable[Batch]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A classifier's logits (N, K) as float32 on the CPU, in batch order, and the labels (N,)
+    the batches carry (None when they carry none)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for batch in batches:
+        moved = batch.to(device)
+        logits.append(model(moved.inputs, moved.token_types, moved.attention_mask).float().cpu())
+        if batch.labels is not None:
+            labels.append(batch.labels)
+    model.train(was_training)
+    if not logits:
+        raise ValueError("no batches to predict")
+    all_labels = torch.cat(labels) if labels and len(labels) == len(logits) else None
+    return torch.cat(logits), all_labels
