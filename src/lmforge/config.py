@@ -168,20 +168,28 @@ class SamplingConfig:
     """
 
     max_new_tokens: int = param(200, "tokens to generate at most")
-    min_new_tokens: int = param(0, "<|endoftext|> is banned until this many tokens are generated")
+    min_new_tokens: int = param(0, "<|endoftext|> cannot end a text before this many new tokens")
     temperature: float = param(0.8, "softmax temperature; 0 is greedy (argmax)")
     top_k: int = param(0, "sample among the k most likely tokens; 0 disables")
-    top_p: float = param(1.0, "sample from the smallest set with this much probability mass")
+    top_p: float = param(1.0, "sample from the smallest set with this much probability; 1 disables")
     repetition_penalty: float = param(
-        1.0, "CTRL penalty on tokens already in the text (prompt included); 1 disables"
+        1.0,
+        "> 1 discourages tokens already in the text, prompt included (CTRL: positive logits "
+        "divided by it, negative ones multiplied); 1 disables, 1.2 is typical",
     )
-    no_repeat_ngram_size: int = param(0, "never repeat an n-gram of this size; 0 disables")
-    beams: int = param(1, "beam search with this many beams; 1 samples (or is greedy)")
+    no_repeat_ngram_size: int = param(
+        0, "never produce a run of this many tokens already in the text; 0 disables"
+    )
+    beams: int = param(
+        1,
+        "beam search with this many beams; deterministic, so temperature must be 0 and top_k, "
+        "top_p off; the best beam comes whole at the end. 1 samples",
+    )
     length_penalty: float = param(
-        1.0, "beam score = sum of log-probs / length**length_penalty; > 0 favours longer"
+        1.0, "beam score = sum of log-probs / length ** this; > 0 favours longer texts, < 0 shorter"
     )
     early_stopping: bool = param(
-        False, "beam search ends once `beams` hypotheses finished (else when none can improve)"
+        False, "end beam search once `beams` texts are finished, not once none can improve"
     )
     seed: int | None = param(None, "seed for reproducible sampling")
 

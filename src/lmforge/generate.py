@@ -173,7 +173,9 @@ def generate_batch_tokens(
 
     A row ends at a token of stop_ids (not yielded), after a token for which stop_when(its new
     ids) is true, or at max_new_tokens; the others go on. With beams > 1 each row's best beam
-    is yielded whole once the search ends.
+    is yielded whole once the search ends. Rows share one window: when the longest (padded)
+    fills the context, every row restarts from its last 3/4 context, a short one earlier than
+    it would alone.
     """
     if sampling.beams > 1:
         found = beam_search(

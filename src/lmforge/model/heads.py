@@ -13,8 +13,8 @@ class SequenceClassifier(nn.Module):
 
     The summary is the body's pooled [CLS] vector, tanh(W_p · h_[CLS] + b_p), for a BERT, and
     the final hidden state of the last real token for a GPT (the only position that has seen
-    the whole sequence). Batches are right-padded; attention_mask (B, T) is True on real tokens.
-    A GPT has no token types, so they are ignored for it.
+    the whole sequence). attention_mask (B, T) is True on real tokens; batches are right-padded
+    (a GPT also takes left padding). A GPT has no token types, so they are ignored for it.
     """
 
     def __init__(self, body: nn.Module, n_classes: int, dropout: float = 0.1) -> None:
@@ -48,7 +48,9 @@ class SequenceClassifier(nn.Module):
         hidden = self.body.encode(idx, attention_mask=attention_mask)  # (B, T, C)
         if attention_mask is None:
             return hidden[:, -1]
-        last = (attention_mask.sum(1).long() - 1).clamp(min=0)  # (B,) right padding
+        # the first position where the count of real tokens peaks: the last real token, with
+        # right padding (index = mask.sum(1) - 1) or left
+        last = attention_mask.long().cumsum(1).argmax(1)  # (B,)
         return hidden[torch.arange(idx.shape[0], device=idx.device), last]
 
     def forward(
