@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,11 @@ EXAMPLES = """examples:
   lmforge pretrain --config configs/gpt-nano-cpu.yaml --data data/docs --out runs/nano
   lmforge pretrain --resume runs/nano --set train.max_steps=4000
   lmforge generate runs/nano --prompt "The list type" --temperature 0.8 --top-k 50
+  lmforge generate runs/nano --prompt "The list type" --beams 4 --stop "\\n\\n"
+  lmforge generate runs/nano --prompts-file prompts.txt --batch-size 8 --json
   lmforge evaluate runs/nano
+  lmforge import hf gpt2 --out runs/gpt2
+  lmforge export hf runs/nano --out hf/nano
   lmforge config show
 """
 
@@ -90,22 +95,80 @@ def _add_pretrain(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(verbs: argparse._SubParsersAction) -> None:
-    d = SamplingConfig()
     p = verbs.add_parser(
         "generate",
-        help="sample text from a trained run",
-        description="Continue a prompt; only the generated text goes to stdout.",
+        help="sample text from a run (or beam search it)",
+        description="Continue a prompt, or every line of --prompts-file. Only the generated text "
+        "goes to stdout: one prompt streams as it is produced; a prompts file prints one block "
+        "per prompt, in order (or one JSON object per line with --json).",
     )
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="0 disables")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
-    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples to draw")
-    p.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    source.add_argument(
+        "--prompts-file",
+        type=Path,
+        metavar="FILE",
+        help="continue every line of this UTF-8 file (blank lines skipped), in batches",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    for key, default, help in all_keys(SamplingConfig):  # one flag per field, with its help
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=help)
+        elif key == "temperature":  # None: the default depends on --beams
+            p.add_argument(flag, type=float, help=f"{help} (default {default}; 0 with --beams)")
+        else:
+            kind = float if isinstance(default, float) else int
+            shown = "" if default is None else f" (default {default})"
+            p.add_argument(flag, type=kind, default=default, help=help + shown)
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STRING",
+        help="end a text where this string appears, leaving it out (repeatable); "
+        "\\n is a newline and \\t a tab, e.g. --stop '\\n\\n'",
+    )
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples of --prompt")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per completion: {"prompt": ..., "completion": ...}',
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=["latest", "best"],
+        default="latest",
+        help="the latest weights or those with the best validation loss",
+    )
+
+
+def _add_interop(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "import",
+        help="turn a Hugging Face model into a run directory",
+        description="Import a transformers GPT-2, GPT-NeoX or BERT model as an lmforge run "
+        "directory (config.json, model.safetensors, tokenizer.json) for generate and evaluate.",
+    )
+    p.add_argument("format", choices=["hf"], help="hf: a Hugging Face transformers model")
+    p.add_argument(
+        "source",
+        metavar="SRC",
+        help="a save_pretrained directory, or a Hub repository id such as gpt2 (downloads)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p = verbs.add_parser(
+        "export",
+        help="write a run as a Hugging Face model",
+        description="Export a run directory as a transformers model directory "
+        "(GPT-2, GPT-NeoX for rotary runs, or BERT) that from_pretrained loads offline.",
+    )
+    p.add_argument("format", choices=["hf"], help="hf: a Hugging Face transformers model")
+    p.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
 def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
@@ -133,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(verbs)
     _add_generate(verbs)
     _add_evaluate(verbs)
+    _add_interop(verbs)
     config = verbs.add_parser("config", help="show every config key with its default")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, help="show this file's resolved values")
@@ -186,19 +250,63 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"loss plot: {summary['loss_plot']}")
 
 
+def unescape(text: str) -> str:
+    """Backslash escapes typed in a shell: \\n newline, \\t tab, \\\\ backslash; others stay."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+
+
+def _sampling(args: argparse.Namespace, seed: int | None) -> SamplingConfig:
+    temperature = args.temperature
+    if temperature is None:  # beam search does not sample: its default is 0
+        temperature = 0.0 if args.beams > 1 else SamplingConfig().temperature
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        temperature=temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        beams=args.beams,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
+        seed=seed,
+    )
+
+
+def _print_completion(args: argparse.Namespace, index: int, prompt: str, text: str) -> None:
+    """One JSON line with --json, else a block headed `==> N: prompt <==` (blank line between)."""
+    if args.json:
+        block = json.dumps({"prompt": prompt, "completion": text}, ensure_ascii=False)
+    else:
+        block = ("\n" if index else "") + f"==> {index + 1}: {prompt} <==\n{text}"
+    sys.stdout.write(block + "\n")
+    sys.stdout.flush()
+
+
 def _run_generate(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise LMForgeError("--num-samples must be >= 1")
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
-        sampling = SamplingConfig(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=seed,
+    stop = [unescape(s) for s in args.stop]
+    if args.prompts_file is not None:
+        if args.num_samples != 1:
+            raise LMForgeError(
+                "--num-samples works with --prompt; repeat lines of the file instead"
+            )
+        sampling = _sampling(args, args.seed)
+        done = jobs.generate_batch(
+            args.run, args.prompts_file, sampling, stop, args.checkpoint, args.batch_size
         )
-        for piece in jobs.generate(args.run, args.prompt, sampling, args.stop, args.checkpoint):
+        for i, (prompt, text) in enumerate(done):
+            _print_completion(args, i, prompt, text)
+        return
+    for i in range(args.num_samples):
+        sampling = _sampling(args, None if args.seed is None else args.seed + i)
+        pieces = jobs.generate(args.run, args.prompt, sampling, stop, args.checkpoint)
+        if args.json:
+            _print_completion(args, i, args.prompt, "".join(pieces))
+            continue
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -219,6 +327,17 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             f"{args.split}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "
             f"over {result.tokens:,} tokens"
         )
+
+
+def _run_interop(args: argparse.Namespace) -> None:
+    if args.verb == "import":
+        summary = jobs.import_hf(args.source, args.out, args.overwrite)
+        what = f"imported {args.source}"
+    else:
+        summary = jobs.export_hf(args.run, args.out, args.overwrite)
+        what = f"exported {args.run}"
+    extra = "".join(f", {k} {v}" for k, v in summary.items() if k not in ("out", "params"))
+    print(f"{what} -> {summary['out']}: {summary['params']:,} parameters{extra}")
 
 
 def _run_config(args: argparse.Namespace) -> None:
@@ -244,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": _run_pretrain,
         "generate": _run_generate,
         "evaluate": _run_evaluate,
+        "import": _run_interop,
+        "export": _run_interop,
         "config": _run_config,
     }
     try:

@@ -18,6 +18,7 @@ from lmforge.data.corpus import stream_corpus
 from lmforge.data.shards import TokenShards, replace_directory, write_shards
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.evaluate import Perplexity, split_perplexity
+from lmforge.generate import generate as generate_completions
 from lmforge.generate import generate_text
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss
@@ -232,6 +233,39 @@ def generate(
     return generate_text(model, tokenizer, prompt, sampling, stop)
 
 
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a UTF-8 text file, one per line; blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"prompts file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte offset {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read prompts file {path}: {exc.strerror}") from None
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"{path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def generate_batch(
+    run_dir: Path,
+    prompts_file: Path,
+    sampling: SamplingConfig,
+    stop: list[str],
+    which: str = "latest",
+    batch_size: int = 8,
+) -> Iterator[tuple[str, str]]:
+    """(prompt, completion) for every prompt of a file, in order, decoded batch_size at a time."""
+    if batch_size < 1:
+        raise LMForgeError("--batch-size must be >= 1")
+    prompts = read_prompts(prompts_file)
+    _, model, tokenizer = ckpt.load_run(run_dir, which)
+    completions = generate_completions(model, tokenizer, prompts, sampling, stop, batch_size)
+    return zip(prompts, completions, strict=True)
+
+
 def evaluate(run_dir: Path, data_dir: Path | None, split: str = "val") -> Perplexity:
     """Perplexity of a run's model over a whole split of a prepared data directory."""
     cfg, model, tokenizer = ckpt.load_run(run_dir)
@@ -242,3 +276,20 @@ def evaluate(run_dir: Path, data_dir: Path | None, split: str = "val") -> Perple
         raise DataError(f"unknown split {split!r}; use train or val")
     shards.check_fits(split, cfg.model.block_size + 1)
     return split_perplexity(model, shards, split, cfg.model.block_size)
+
+
+# ---------------------------------------------------------------- Hugging Face interop
+
+
+def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """A Hugging Face GPT-2 / GPT-NeoX / BERT (directory or Hub id) -> a run directory."""
+    from lmforge.interop import hf  # imported here: only these two verbs need it
+
+    return hf.import_hf(source, out, overwrite)
+
+
+def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """A run directory -> a directory that transformers' from_pretrained loads."""
+    from lmforge.interop import hf
+
+    return hf.export_hf(run_dir, out, overwrite)
