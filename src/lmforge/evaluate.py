@@ -12,6 +12,7 @@ from torch import nn
 
 from lmforge.data.batches import Batch
 from lmforge.data.shards import TokenShards
+from lmforge.model.packed import packed_linears
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +33,14 @@ def split_perplexity(
     device = next(model.parameters()).device
     total, count = 0.0, 0
     windows = list(shards.sequential_windows(split, block_size + 1))
-    for start in range(0, len(windows), batch_size):
-        chunk = torch.stack(windows[start : start + batch_size]).to(device)  # (B, T+1)
-        logits = model(chunk[:, :-1])  # (B, T, V)
-        losses = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), chunk[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += losses.item()
-        count += chunk[:, 1:].numel()
+    with torch.inference_mode(), packed_linears(model):
+        for start in range(0, len(windows), batch_size):
+            chunk = torch.stack(windows[start : start + batch_size]).to(device)  # (B, T+1)
+            logits = model(chunk[:, :-1])  # (B, T, V)
+            targets = chunk[:, 1:].reshape(-1)
+            flat = logits.reshape(-1, logits.size(-1)).float()
+            total += F.cross_entropy(flat, targets, reduction="sum").item()
+            count += targets.numel()
     loss = total / max(count, 1)
     return Perplexity(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=count)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from lmforge.config import SamplingConfig
 from lmforge.model import GPT, KVCache
+from lmforge.model.packed import packed_linears
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def _prefill(
     real = torch.tensor([[False] * (width - len(ids)) + [True] * len(ids) for ids in rows])
     mask = None if bool(real.all()) else real.to(device)
     cache.reset()
-    return model(idx.to(device), kv_cache=cache, attention_mask=mask)[:, -1].float()
+    logits = model(idx.to(device), kv_cache=cache, attention_mask=mask, logits_to_keep=1)
+    return logits[:, -1].float()
 
 
 def _advance(
@@ -159,7 +161,6 @@ def _setup(
 # ---------------------------------------------------------------- sampling and greedy
 
 
-@torch.inference_mode()
 def generate_batch_tokens(
     model: GPT,
     prompts: Sequence[Sequence[int]],
@@ -186,6 +187,20 @@ def generate_batch_tokens(
         return
     if not prompts or sampling.max_new_tokens == 0:
         return
+    with packed_linears(model):  # the model's weights must not change until this ends
+        yield from _sample_batch(model, prompts, sampling, stop_ids, stop_when, pad_id)
+
+
+@torch.inference_mode()
+def _sample_batch(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    stop_ids: Sequence[int],
+    stop_when: StopWhen | None,
+    pad_id: int,
+) -> Iterator[tuple[int, int]]:
+    """generate_batch_tokens without beams: sample (or argmax) every row, step by step."""
     rows, starts, cache, seen = _setup(model, prompts, 1, sampling)
     device, ends, alive = cache.keys[0].device, list(dict.fromkeys(stop_ids)), [True] * len(rows)
     t, k, p, seed = sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed
@@ -224,7 +239,6 @@ def generate_tokens(
 # ---------------------------------------------------------------- beam search
 
 
-@torch.inference_mode()
 def beam_search(
     model: GPT,
     prompts: Sequence[Sequence[int]],
@@ -244,9 +258,22 @@ def beam_search(
     search ends when the best running beam, scored at its current length, cannot beat the worst
     of `beams` hypotheses. A stop id ends a hypothesis without being part of it.
     """
-    n, lp = sampling.beams, sampling.length_penalty
     if not prompts or sampling.max_new_tokens == 0:
         return [[(0.0, [])] for _ in prompts]
+    with packed_linears(model):
+        return _beam_search(model, prompts, sampling, stop_ids, stop_when, pad_id)
+
+
+@torch.inference_mode()
+def _beam_search(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    stop_ids: Sequence[int],
+    stop_when: StopWhen | None,
+    pad_id: int,
+) -> list[list[tuple[float, list[int]]]]:
+    n, lp = sampling.beams, sampling.length_penalty
     rows, starts, cache, seen = _setup(model, prompts, n, sampling)
     batch, device, ends = len(prompts), cache.keys[0].device, list(dict.fromkeys(stop_ids))
     width = min(max(2, 1 + len(ends)) * n, n * model.cfg.vocab_size)

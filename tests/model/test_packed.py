@@ -1,0 +1,90 @@
+"""packed_linears: the same outputs and gradients, and the modules restored on the way out."""
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.model import BERT, GPT
+from lmforge.model import packed as packed_module
+from lmforge.model.packed import packed_linears, packing_available
+
+needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
+
+
+def _gpt(bias: bool = True) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=61, bias=bias)
+    return GPT(cfg).eval()
+
+
+def _patched(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if "forward" in m.__dict__]
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_gpt_logits_equal_the_plain_ones(bias: bool) -> None:
+    model = _gpt(bias)
+    ids = torch.randint(0, 61, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        plain = model(ids)
+        with packed_linears(model) as count:
+            packed = model(ids)
+            one_row = model(ids[:1, :5])  # another batch shape through the same packed weights
+    assert count == 2 * 4 + 1  # qkv, proj, fc, proj per block, and the head
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_row, plain[:1, :5], atol=1e-5, rtol=1e-5)
+    assert _patched(model) == []
+
+
+@needs_onednn
+def test_packed_bert_outputs_equal_the_plain_ones() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="bert", n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, pos_emb="learned"
+    )
+    model = BERT(cfg).eval()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 8:] = False
+    with torch.inference_mode():
+        plain = model(ids, attention_mask=mask)
+        with packed_linears(model) as count:
+            packed = model(ids, attention_mask=mask)
+    assert count > 0
+    torch.testing.assert_close(packed.mlm, plain.mlm, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.nsp, plain.nsp, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_gradients_inside_the_block_are_the_plain_ones() -> None:
+    model = _gpt()
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(3))
+    model(ids).logsumexp(-1).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with packed_linears(model):
+        model(ids).logsumexp(-1).sum().backward()
+    for expected, p in zip(plain, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, expected)
+
+
+def test_modules_are_restored_after_an_error() -> None:
+    model = _gpt()
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(model):
+        raise RuntimeError("boom")
+    assert _patched(model) == []
+
+
+def test_disabled_or_unavailable_packing_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _gpt()
+    with packed_linears(model, enabled=False) as count:
+        assert count == 0
+        assert _patched(model) == []
+    monkeypatch.setattr(packed_module, "packing_available", lambda: False)
+    ids = torch.randint(0, 61, (1, 8))
+    with torch.no_grad():
+        plain = model(ids)
+        with packed_linears(model) as count:
+            assert count == 0
+            torch.testing.assert_close(model(ids), plain, atol=0, rtol=0)
