@@ -3,7 +3,7 @@
 from lmforge.checkpoint import load_run
 from lmforge.config import ModelConfig, RunConfig, SamplingConfig, TrainConfig, load_config
 from lmforge.errors import LMForgeError
-from lmforge.generate import generate_text, sample_next
+from lmforge.generate import generate, generate_text, generate_tokens, sample_next
 from lmforge.model import GPT
 from lmforge.tokenizer import Tokenizer
 
@@ -16,7 +16,9 @@ __all__ = [
     "SamplingConfig",
     "Tokenizer",
     "TrainConfig",
+    "generate",
     "generate_text",
+    "generate_tokens",
     "load_config",
     "load_run",
     "sample_next",
