@@ -189,6 +189,11 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.
     """(config, model in eval mode, tokenizer) of a run; `which` is latest or best."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if cfg.train.objective == "classify":
+        raise CheckpointError(
+            f"{run_dir} is a fine-tuned classifier, not a language model; use "
+            f"`lmforge predict {run_dir} --input FILE --output FILE`"
+        )
     try:
         tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE)
     except LMForgeError as exc:

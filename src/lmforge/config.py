@@ -8,8 +8,10 @@ import difflib
 import json
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -91,6 +93,34 @@ class ModelConfig:
         return self.n_kv_head or self.n_head
 
 
+# Validation metrics each objective reports (the eval records in metrics.jsonl).
+OBJECTIVES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "clm": ("val_loss", "val_ppl"),
+        "mlm": ("val_loss", "val_mlm_loss", "val_mlm_accuracy"),
+        "mlm+nsp": (
+            "val_loss",
+            "val_mlm_loss",
+            "val_mlm_accuracy",
+            "val_nsp_loss",
+            "val_nsp_accuracy",
+        ),
+        "classify": (
+            "val_loss",
+            "val_accuracy",
+            "val_macro_f1",
+            "val_macro_precision",
+            "val_macro_recall",
+        ),
+    }
+)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies, F1, precision and recall improve upwards; losses and perplexity downwards."""
+    return metric.endswith(("accuracy", "f1", "precision", "recall"))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
     """Optimisation, schedule, evaluation and checkpointing of one training run."""
@@ -119,6 +149,22 @@ class TrainConfig:
     dtype: str = param("float32", "float32, or bfloat16 autocast (only fast on GPUs)")
     compile: bool = param(False, "compile the model with torch.compile")
     progress: bool = param(True, "show a progress bar")
+    objective: str = param(
+        "clm",
+        "clm (causal LM, a gpt), mlm or mlm+nsp (BERT pretraining, a bert), or classify "
+        "(set by `lmforge finetune classify`)",
+    )
+    schedule: str = param(
+        "cosine", "learning-rate decay after warmup, to min_lr at max_steps: cosine or linear"
+    )
+    best_metric: str = param(
+        "val_loss",
+        "validation metric that picks the best checkpoint and drives early stopping, e.g. "
+        "val_loss, val_mlm_accuracy, val_accuracy, val_macro_f1",
+    )
+    patience: int = param(
+        0, "stop after this many evaluations without a better best_metric; 0 never stops early"
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
@@ -141,6 +187,18 @@ class TrainConfig:
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"train.device: unknown device {self.device!r}; use auto, cpu or cuda",
         )
+        _require(
+            self.objective in OBJECTIVES,
+            f"train.objective: unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}",
+        )
+        _require(self.schedule in ("cosine", "linear"), "train.schedule must be cosine or linear")
+        _require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
+        known = OBJECTIVES[self.objective]
+        _require(
+            self.best_metric in known,
+            f"train.best_metric: {self.best_metric!r} is not reported for objective "
+            f"{self.objective}; use one of {', '.join(known)}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -151,12 +209,49 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneConfig:
+    """A classification fine-tune: its inputs, length in epochs and head (`finetune classify`)."""
+
+    base: str = param("", "the run directory whose model was fine-tuned")
+    train_file: str = param("", "training examples (.csv, .tsv or .jsonl)")
+    valid_file: str = param("", "validation examples, evaluated after every epoch")
+    text_column: str = param("sentence", "column holding the text to classify")
+    text_pair_column: str = param("", "column of the second text of pair tasks; empty for none")
+    label_column: str = param("label", "column holding the label (a string or an integer)")
+    epochs: float = param(3.0, "passes over the training examples (BERT: 2 to 4)")
+    warmup_fraction: float = param(0.1, "share of the steps spent warming the lr up (BERT: 0.1)")
+    class_weights: str = param(
+        "none", "none, or balanced: weight each class's loss by n / (classes · count of class)"
+    )
+    dropout: float = param(0.1, "dropout before the classifier layer")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "finetune.epochs must be > 0")
+        _require(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction must be in [0, 1)")
+        _require(
+            self.class_weights in ("none", "balanced"),
+            f"finetune.class_weights: unknown value {self.class_weights!r}; use none or balanced",
+        )
+        _require(0 <= self.dropout < 1, "finetune.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
     """Everything a training run needs; written resolved to the run's config.json."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        # clm on a bert stays readable (imported BERTs carry the default train section);
+        # `lmforge pretrain` refuses to train it
+        _require(
+            not self.train.objective.startswith("mlm") or self.model.arch == "bert",
+            f"train.objective={self.train.objective} pretrains a BERT encoder; set "
+            "model.arch=bert (see configs/bert-mini.yaml) or train.objective=clm",
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -329,3 +424,62 @@ def load_config(path: str | Path | None, sets: list[str] | None = None) -> RunCo
     """Read a config file (or the defaults when `path` is None) and apply `--set` overrides."""
     data = read_config_file(path) if path else {}
     return from_dict(RunConfig, apply_overrides(data, sets or []))
+
+
+# Fine-tuning defaults from the BERT paper (Devlin et al. 2019, appendix A.3): AdamW with
+# β2 = 0.999, weight decay 0.01, linear decay to 0 after a 10% warmup, lr in 2e-5 … 5e-5.
+_FINETUNE_TRAIN_DEFAULTS = MappingProxyType(
+    {
+        "objective": "classify",
+        "lr": 5e-5,
+        "min_lr": 0.0,
+        "schedule": "linear",
+        "batch_size": 32,
+        "weight_decay": 0.01,
+        "beta2": 0.999,
+        "eps": 1e-6,
+        "best_metric": "val_accuracy",
+        "keep_last": 1,
+    }
+)
+# derived from finetune.epochs, finetune.warmup_fraction and the data size
+_DERIVED_TRAIN_KEYS = (
+    "objective",
+    "max_steps",
+    "warmup_steps",
+    "eval_interval",
+    "checkpoint_interval",
+    "eval_batches",
+)
+
+
+def load_finetune_config(
+    base_model: ModelConfig,
+    path: str | Path | None,
+    sets: list[str],
+    finetune: Mapping[str, Any],
+) -> RunConfig:
+    """A fine-tune's config: the base run's model, the BERT-paper training defaults, then the
+    config file, `--set` overrides and the `finetune` values given as command-line flags."""
+    user = apply_overrides(read_config_file(path) if path else {}, sets)
+    model = user.pop("model", {}) or {}
+    if set(model) - {"dropout"}:
+        raise ConfigError(
+            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
+            "change when fine-tuning (only model.dropout can)"
+        )
+    train = user.get("train") or {}
+    fixed = [key for key in _DERIVED_TRAIN_KEYS if key in train]
+    if fixed:
+        raise ConfigError(
+            f"train.{fixed[0]} is derived when fine-tuning; set finetune.epochs and "
+            "finetune.warmup_fraction instead"
+        )
+    if user.get("data"):
+        raise ConfigError("data.* is not used when fine-tuning; give --train and --valid files")
+    data = {
+        "model": {**to_dict(base_model), **model},
+        "train": {**_FINETUNE_TRAIN_DEFAULTS, **train},
+        "finetune": {**(user.get("finetune") or {}), **finetune},
+    }
+    return from_dict(RunConfig, data)

@@ -4,7 +4,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,20 @@ from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig, SamplingConfig, apply_overrides, from_dict, to_dict
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.corpus import stream_corpus
+from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards, replace_directory, write_shards
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.evaluate import Perplexity, split_perplexity
+from lmforge.finetune import PredictOptions, classify_config, finetune_classify
+from lmforge.finetune import predict as predict_file
 from lmforge.generate import generate as generate_completions
 from lmforge.generate import generate_text
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.objectives import clm_loss
+from lmforge.train.objectives import clm_loss, mlm_nsp_loss, mlm_nsp_metrics
 from lmforge.train.optim import build_optimizer
 from lmforge.train.runtime import choose_device, keep_freed_memory, seed_everything
 from lmforge.train.tracker import LOSS_PLOT, Tracker
-from lmforge.train.trainer import Trainer
+from lmforge.train.trainer import Evaluator, Objective, Trainer
 
 log = logging.getLogger(__name__)
 VAL_SEED_KEY = 1  # val batches draw from (seed, 1, i); train batches from (seed, 0, step, micro)
@@ -56,6 +59,7 @@ class PrepareOptions:
     encoding_errors: str = "strict"
     tokenizer_file: Path | None = None
     overwrite: bool = False
+    lowercase: bool = True  # wordpiece only: lowercase and strip accents, as uncased BERT
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
@@ -73,8 +77,10 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         tokenizer = Tokenizer.train_char(texts)
     elif opts.tokenizer == "bpe":
         tokenizer = Tokenizer.train_bpe(texts, opts.vocab_size)
+    elif opts.tokenizer == "wordpiece":
+        tokenizer = Tokenizer.train_wordpiece(texts, opts.vocab_size, lowercase=opts.lowercase)
     else:
-        raise DataError(f"unknown --tokenizer {opts.tokenizer!r}; use bpe or char")
+        raise DataError(f"unknown --tokenizer {opts.tokenizer!r}; use bpe, wordpiece or char")
     if report.documents_out == 0:
         raise DataError(
             f"empty corpus after cleaning: {report.documents_in} documents read, "
@@ -109,9 +115,11 @@ def _open_data(cfg: RunConfig) -> tuple[TokenShards, Tokenizer]:
 
 
 def _batch_sources(
-    cfg: RunConfig, shards: TokenShards
+    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
     """Step-indexed train batches and a fixed list of validation batches."""
+    if cfg.train.objective.startswith("mlm"):
+        return _mlm_sources(cfg, shards, tokenizer)
     window, batch_size, seed = cfg.model.block_size + 1, cfg.train.batch_size, cfg.train.seed
     shards.check_fits("train", window)
     shards.check_fits("val", window)
@@ -130,6 +138,46 @@ def _batch_sources(
     return train_batch, lambda: val
 
 
+def _mlm_sources(
+    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
+) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
+    """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
+    vocab = BertVocab.from_tokenizer(tokenizer)
+    nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
+    corpora = {split: shards.sentences(split) for split in ("train", "val")}
+
+    def batch(split: str, generator: torch.Generator) -> Batch:
+        return mlm_batch(corpora[split], batch_size, cfg.model.block_size, generator, vocab, nsp)
+
+    val = [
+        batch("val", step_generator(seed, VAL_SEED_KEY, i)) for i in range(cfg.train.eval_batches)
+    ]
+    return lambda step, micro: batch("train", step_generator(seed, 0, step, micro)), lambda: val
+
+
+def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
+    """The loss of train.objective and its eval record (None: the trainer's mean loss)."""
+    if cfg.train.objective == "clm":
+        if cfg.model.arch != "gpt":
+            raise ConfigError(
+                "train.objective=clm trains a causal GPT; for model.arch=bert set "
+                "train.objective=mlm+nsp or mlm"
+            )
+        return clm_loss, None
+    if cfg.train.objective.startswith("mlm"):
+        return mlm_nsp_loss, encoder_metrics
+    raise ConfigError(
+        f"train.objective={cfg.train.objective} is for `lmforge finetune classify`; pretrain "
+        "with clm, mlm or mlm+nsp"
+    )
+
+
+def encoder_metrics(model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    """BERT's eval record: val_loss (MLM + NSP loss) and each task's loss and accuracy."""
+    metrics = {f"val_{k}": v for k, v in mlm_nsp_metrics(model, batches).items()}
+    return {"val_loss": metrics["val_mlm_loss"] + metrics.get("val_nsp_loss", 0.0), **metrics}
+
+
 def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     shards, tokenizer = _open_data(cfg)
     device = choose_device(cfg.train.device)
@@ -141,21 +189,28 @@ def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str,
         ckpt.load_weights(model, resume_from / ckpt.MODEL_FILE)
     optimizer = build_optimizer(model, cfg.train)
     train_model = torch.compile(model) if cfg.train.compile else model
-    train_batch, val_batches = _batch_sources(cfg, shards)
+    objective, metrics = _objective(cfg)
+    train_batch, val_batches = _batch_sources(cfg, shards, tokenizer)
     trainer = Trainer(
         train_model,
         optimizer,
         train_batch,
         cfg.train,
-        clm_loss,
+        objective,
         val_batches,
         save=lambda state, best: ckpt.save_checkpoint(
             run_dir, model, state, best, cfg.train.keep_last
         ),
+        metrics=metrics,
     )
     if resume_from is not None:
         trainer.load_state_dict(ckpt.load_trainer_state(resume_from))
     start = trainer.state.step
+    if trainer.state.stopped_early:
+        raise LMForgeError(
+            f"{run_dir} stopped early at step {start} (train.patience={cfg.train.patience}); "
+            "start a new run to train further"
+        )
     if start >= cfg.train.max_steps:
         raise LMForgeError(
             f"{run_dir} already reached train.max_steps={cfg.train.max_steps}; to train longer "
@@ -178,7 +233,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str,
     vals = trainer.tracker.val_points
     return {
         "run_dir": str(run_dir),
+        "objective": cfg.train.objective,
         "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "best_metric": cfg.train.best_metric,
+        "best_score": state.best_score,
+        "best_step": state.best_step,
+        "last_metrics": trainer.tracker.last_eval,
         "skipped_steps": state.skipped_steps,
         "first_val_loss": vals[0][1] if vals else math.nan,
         "last_val_loss": state.last_val_loss,
@@ -220,6 +281,26 @@ def resume(run_dir: Path, sets: list[str]) -> dict[str, Any]:
     if not checkpoints:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
     return _train(cfg, run_dir, resume_from=checkpoints[-1])
+
+
+# ---------------------------------------------------------------- fine-tune and predict
+
+
+def finetune(
+    base: Path,
+    config: Path | None,
+    sets: list[str],
+    inputs: dict[str, Any],
+    out: Path,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune run `base` as a sequence classifier into `out`; inputs are finetune.* values."""
+    return finetune_classify(classify_config(base, config, sets, inputs), out, overwrite)
+
+
+def predict(opts: PredictOptions) -> dict[str, Any]:
+    """Classify every row of a file with a fine-tuned run; JSONL out."""
+    return predict_file(opts)
 
 
 # ---------------------------------------------------------------- generate and evaluate
@@ -269,6 +350,11 @@ def generate_batch(
 def evaluate(run_dir: Path, data_dir: Path | None, split: str = "val") -> Perplexity:
     """Perplexity of a run's model over a whole split of a prepared data directory."""
     cfg, model, tokenizer = ckpt.load_run(run_dir)
+    if cfg.model.arch != "gpt":
+        raise LMForgeError(
+            f"{run_dir} holds a {cfg.model.arch}: perplexity needs a causal GPT; its masked-LM "
+            "and NSP accuracy are in metrics.jsonl"
+        )
     shards = TokenShards(data_dir or cfg.data.dir)
     if shards.meta["tokenizer_sha256"] != tokenizer.sha256():
         raise DataError(f"{shards.directory} was tokenized with another tokenizer than {run_dir}")

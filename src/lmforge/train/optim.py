@@ -1,4 +1,4 @@
-"""AdamW with decay/no-decay parameter groups, and the warmup + cosine learning-rate schedule."""
+"""AdamW with decay/no-decay parameter groups, and the warmup + cosine/linear lr schedule."""
 
 import math
 from typing import Any
@@ -31,10 +31,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    """Linear warmup to lr over warmup_steps, then decay to min_lr at max_steps.
+
+    With progress p in [0, 1] after warmup: cosine gives min_lr + (1 + cos πp)/2 · (lr - min_lr),
+    linear (BERT fine-tuning) gives min_lr + (1 - p) · (lr - min_lr).
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.max_steps:
         return cfg.min_lr
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.schedule == "linear":
+        return cfg.min_lr + (1.0 - progress) * (cfg.lr - cfg.min_lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

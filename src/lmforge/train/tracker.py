@@ -22,6 +22,7 @@ class Tracker:
         self.run_dir = run_dir
         self.train_points: list[tuple[int, float]] = []
         self.val_points: list[tuple[int, float]] = []
+        self.last_eval: dict[str, Any] = {}  # the newest evaluation record
         if run_dir is not None:
             self._reload(run_dir / METRICS_FILE, start_step)
         self.bar = tqdm(
@@ -54,6 +55,7 @@ class Tracker:
             self.train_points.append((record["step"], record["loss"]))
         if "val_loss" in record:
             self.val_points.append((record["step"], record["val_loss"]))
+            self.last_eval = record
 
     def log(self, record: dict[str, Any]) -> None:
         """Record one metrics line (and plot when it carries a validation loss)."""

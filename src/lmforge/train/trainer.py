@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.config import TrainConfig
+from lmforge.config import TrainConfig, higher_is_better
 from lmforge.data.batches import Batch
 from lmforge.errors import TrainingDiverged
 from lmforge.train.optim import lr_at
@@ -19,6 +19,8 @@ from lmforge.train.tracker import Tracker
 Objective = Callable[[nn.Module, Batch], torch.Tensor]
 BatchSource = Callable[[int, int], Batch]  # (step, micro-step) -> Batch, deterministic
 Saver = Callable[[dict[str, Any], bool], None]  # (trainer state, is_best) -> None
+# (model, validation batches) -> eval record such as {"val_loss": ..., "val_mlm_accuracy": ...}
+Evaluator = Callable[[nn.Module, Iterable[Batch]], dict[str, Any]]
 
 
 @dataclass
@@ -30,6 +32,10 @@ class TrainerState:
     skipped_steps: int = 0
     tokens_seen: int = 0
     last_val_loss: float = math.nan
+    best_score: float | None = None  # best value of cfg.best_metric so far
+    best_step: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
 
 
 class Trainer:
@@ -45,9 +51,12 @@ class Trainer:
         val_batches: Callable[[], Iterable[Batch]] | None = None,
         save: Saver | None = None,
         tracker: Tracker | None = None,
+        metrics: Evaluator | None = None,
     ) -> None:
+        """metrics computes the eval record; by default the mean objective (val_loss, val_ppl)."""
         self.model, self.optimizer, self.cfg, self.objective = model, optimizer, cfg, objective
         self.train_batches, self.val_batches, self.save = train_batches, val_batches, save
+        self.metrics = metrics or self._mean_loss
         self.device = next(model.parameters()).device
         self.state = TrainerState()
         self.tracker = tracker
@@ -61,7 +70,11 @@ class Trainer:
             self._evaluate(tracker)
         self.model.train()
         clock = time.perf_counter()
-        while state.step < cfg.max_steps and (stop_at is None or state.step < stop_at):
+        while (
+            state.step < cfg.max_steps
+            and not state.stopped_early
+            and (stop_at is None or state.step < stop_at)
+        ):
             loss, grad_norm, tokens = self._step(state.step)
             state.step += 1
             state.tokens_seen += tokens
@@ -96,6 +109,7 @@ class Trainer:
             is_best = self._evaluate(tracker)
         if self.save and (
             step == cfg.max_steps
+            or self.state.stopped_early
             or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
         ):
             self.save(self.state_dict(), is_best)
@@ -144,34 +158,60 @@ class Trainer:
                 "The last good checkpoint is intact: fix the config and resume with --resume RUN"
             )
 
+    def evaluate(self) -> dict[str, Any]:
+        """The eval record over the validation batches (the same batches every time)."""
+        return self.metrics(self.model, self.val_batches() if self.val_batches else [])
+
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the validation batches (the same batches every time)."""
-        was_training = self.model.training
-        self.model.eval()
+    def _mean_loss(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        """Mean objective over the batches, and its exponential (perplexity for clm)."""
+        was_training = model.training
+        model.eval()
         total, count = 0.0, 0
-        for batch in self.val_batches() if self.val_batches else []:
+        for batch in batches:
             batch = batch.to(self.device)
             with autocast(self.device, self.cfg.dtype):
-                total += self.objective(self.model, batch).item()
+                total += self.objective(model, batch).item()
             count += 1
-        self.model.train(was_training)
-        return total / count if count else math.nan
+        model.train(was_training)
+        val_loss = total / count if count else math.nan
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))}
 
     def _evaluate(self, tracker: Tracker) -> bool:
-        """Evaluate, log val loss and perplexity; True when this is the best so far."""
+        """Evaluate and log; True when cfg.best_metric is the best so far. Counts patience."""
         if self.val_batches is None:
             return False
-        val_loss = self.evaluate()
-        state = self.state
+        metrics, state = self.evaluate(), self.state
+        val_loss = metrics.get("val_loss", math.nan)
         state.last_val_loss = val_loss
-        is_best = val_loss < state.best_val_loss
+        state.best_val_loss = min(state.best_val_loss, val_loss)  # min ignores a nan second
+        is_best = self._improves(metrics[self.cfg.best_metric])
         if is_best:
-            state.best_val_loss = val_loss
-        ppl = math.exp(min(val_loss, 700))
-        tracker.log({"step": state.step, "val_loss": val_loss, "val_ppl": ppl})
-        tracker.write(f"step {state.step}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
+            state.best_score, state.best_step, state.evals_since_best = (
+                metrics[self.cfg.best_metric],
+                state.step,
+                0,
+            )
+        elif state.step > 0:
+            state.evals_since_best += 1
+        tracker.log({"step": state.step, **metrics})
+        tracker.write(f"step {state.step}: {_describe(metrics)}")
+        patience = self.cfg.patience
+        if patience and state.evals_since_best >= patience and state.step < self.cfg.max_steps:
+            state.stopped_early = True
+            tracker.write(
+                f"early stop at step {state.step}: {self.cfg.best_metric} has not improved on "
+                f"{state.best_score:.4f} (step {state.best_step}) for {patience} evaluations"
+            )
         return is_best
+
+    def _improves(self, score: float) -> bool:
+        best = self.state.best_score
+        if not math.isfinite(score):
+            return False
+        if best is None:
+            return True
+        return score > best if higher_is_better(self.cfg.best_metric) else score < best
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: progress, optimizer, RNG states."""
@@ -186,3 +226,11 @@ class Trainer:
         torch.set_rng_state(saved["rng"]["cpu"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+
+def _describe(metrics: dict[str, Any]) -> str:
+    """`val loss 2.1000, perplexity 8.17` for clm; else `name value` for each scalar metric."""
+    if set(metrics) == {"val_loss", "val_ppl"}:
+        return f"val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}"
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
+    return ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in scalars.items())

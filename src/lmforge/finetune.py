@@ -1,0 +1,329 @@
+"""Sequence-classification fine-tuning (`lmforge finetune classify`) and batch prediction
+(`lmforge predict`), on the one Trainer that pretraining uses.
+
+A fine-tuned run directory holds config.json (the base's model section, train.objective =
+classify and the finetune section), model.safetensors (the SequenceClassifier with the best
+validation score), tokenizer.json, labels.json, metrics.jsonl (one record per epoch with the
+confusion matrix), loss.png and confusion_matrix.png (of the kept model).
+"""
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge import checkpoint as ckpt
+from lmforge.config import RunConfig, load_finetune_config
+from lmforge.data.batches import Batch
+from lmforge.data.classify import (
+    LABELS_FILE,
+    EncodedExamples,
+    EpochBatches,
+    Example,
+    build_label_map,
+    classification_batches,
+    encode_examples,
+    load_label_map,
+    read_examples,
+    save_label_map,
+)
+from lmforge.errors import CheckpointError, LMForgeError
+from lmforge.evaluate import (
+    classification_metrics,
+    format_classification_report,
+    format_confusion_matrix,
+    predict_logits,
+)
+from lmforge.files import check_output_dir, staged_directory, write_text_atomic
+from lmforge.model.heads import SequenceClassifier
+from lmforge.plots import plot_confusion_matrix
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.objectives import classification_loss
+from lmforge.train.optim import build_optimizer
+from lmforge.train.runtime import choose_device, seed_everything
+from lmforge.train.tracker import LOSS_PLOT, Tracker
+from lmforge.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+CONFUSION_PLOT = "confusion_matrix.png"
+
+
+def classify_config(
+    base: Path, path: Path | None, sets: list[str], inputs: Mapping[str, Any]
+) -> RunConfig:
+    """The resolved config of a fine-tune of run `base`; inputs are finetune.* values (files,
+    columns) taken from command-line flags as given."""
+    base_cfg = ckpt.read_run_config(base)
+    if base_cfg.train.objective == "classify":
+        raise CheckpointError(
+            f"{base} is already a classifier; fine-tune a pretrained run (lmforge pretrain or "
+            "lmforge import hf)"
+        )
+    return load_finetune_config(base_cfg.model, path, sets, {"base": str(base), **inputs})
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationData:
+    """The label map and both splits, encoded for the base model."""
+
+    labels: list[str]
+    train: EncodedExamples
+    valid: EncodedExamples
+
+
+def _read(cfg: RunConfig, file: str, split: str, with_labels: bool = True) -> list[Example]:
+    ft = cfg.finetune
+    return read_examples(
+        file,
+        ft.text_column,
+        ft.label_column if with_labels else None,
+        ft.text_pair_column or None,
+        split=split,
+    )
+
+
+def load_data(cfg: RunConfig, tokenizer: Tokenizer) -> ClassificationData:
+    """Read, label-map and encode the train and valid files; warn about truncated texts."""
+    if not cfg.finetune.train_file or not cfg.finetune.valid_file:
+        raise LMForgeError("fine-tuning needs --train FILE and --valid FILE")
+    train = _read(cfg, cfg.finetune.train_file, "train")
+    valid = _read(cfg, cfg.finetune.valid_file, "valid")
+    labels = build_label_map(train)
+    arch, length = cfg.model.arch, cfg.model.block_size
+    encoded = [
+        encode_examples(examples, tokenizer, arch, length, labels, split)
+        for examples, split in ((train, "train"), (valid, "valid"))
+    ]
+    for split, enc in zip(("train", "valid"), encoded, strict=True):
+        if note := enc.truncation_note():
+            log.warning("warning: %s split: %s (model.block_size)", split, note)
+    return ClassificationData(labels, *encoded)
+
+
+def balanced_class_weights(class_ids: Iterable[int], n_classes: int) -> list[float]:
+    """w_c = n / (K · n_c), scikit-learn's "balanced": every class weighs the same in total."""
+    counts = torch.bincount(torch.as_tensor(list(class_ids)), minlength=n_classes).double()
+    return (counts.sum() / (n_classes * counts.clamp(min=1))).tolist()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class ClassifierEval:
+    """The per-epoch eval record: val_loss (unweighted CE), accuracy, macro P/R/F1, confusion."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
+        logits, targets = predict_logits(model, batches)
+        assert targets is not None  # validation batches carry labels
+        metrics = classification_metrics(logits.argmax(1), targets, len(self.labels))
+        self.last = metrics
+        log.info("%s", format_confusion_matrix(metrics["confusion_matrix"], self.labels))
+        scores = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix")
+        return {
+            "val_loss": F.cross_entropy(logits, targets).item(),
+            **{f"val_{name}": metrics[name] for name in scores},
+        }
+
+
+# ---------------------------------------------------------------- fine-tune
+
+
+def _schedule(cfg: RunConfig, batches: EpochBatches, valid_batches: int) -> RunConfig:
+    """Derive the step counts from epochs: evaluate and save at the end of every epoch."""
+    max_steps = batches.steps_for(cfg.finetune.epochs)
+    per_epoch = min(max_steps, -(-batches.batches_per_epoch // cfg.train.grad_accum))
+    train = replace(
+        cfg.train,
+        max_steps=max_steps,
+        warmup_steps=round(cfg.finetune.warmup_fraction * max_steps),
+        eval_interval=per_epoch,
+        checkpoint_interval=per_epoch,
+        eval_batches=valid_batches,
+    )
+    return replace(cfg, train=train)
+
+
+def _classifier(cfg: RunConfig, n_classes: int, tokenizer: Tokenizer) -> SequenceClassifier:
+    """The base run's pretrained body under a freshly initialised classifier layer."""
+    ckpt.check_vocab(tokenizer, cfg, cfg.finetune.base)
+    body = ckpt.build_model(cfg)
+    ckpt.load_weights(body, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
+    return SequenceClassifier(body, n_classes, cfg.finetune.dropout)
+
+
+def finetune_classify(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune cfg.finetune.base on labelled text into run directory `out` (atomically)."""
+    check_output_dir(out, overwrite)
+    base = Path(cfg.finetune.base)
+    tokenizer = Tokenizer.load(base / ckpt.TOKENIZER_FILE)
+    data = load_data(cfg, tokenizer)
+    device = choose_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = _classifier(cfg, len(data.labels), tokenizer).to(device)
+    batches = EpochBatches(data.train, cfg.train.batch_size, cfg.train.seed, cfg.train.grad_accum)
+    valid = list(classification_batches(data.valid, cfg.train.batch_size))
+    cfg = _schedule(cfg, batches, len(valid))
+    weights = None
+    if cfg.finetune.class_weights == "balanced":
+        weights = balanced_class_weights(data.train.labels or [], len(data.labels))
+    evaluator = ClassifierEval(data.labels)
+    with staged_directory(out, overwrite) as run_dir:
+        ckpt.write_run_files(run_dir, cfg, tokenizer)
+        save_label_map(data.labels, run_dir / LABELS_FILE)
+        best: dict[str, Any] = {}
+        trainer = Trainer(
+            model,
+            build_optimizer(model, cfg.train),
+            batches,
+            cfg.train,
+            partial(classification_loss, class_weights=weights),
+            lambda: valid,
+            save=_best_saver(run_dir, model, evaluator, best),
+            tracker=Tracker(run_dir, cfg.train.max_steps, 0, cfg.train.progress),
+            metrics=evaluator,
+        )
+        try:
+            state = trainer.fit()
+        finally:
+            trainer.tracker.close()
+        if not best:  # no epoch beat the untrained classifier: keep the last weights
+            log.warning(
+                "warning: no epoch improved %s; kept the last weights", cfg.train.best_metric
+            )
+            _save_best(run_dir, model, evaluator, best, state.step)
+    return _summary(cfg, out, data, state.step, best, batches.batches_per_epoch)
+
+
+def _best_saver(
+    run_dir: Path, model: nn.Module, evaluator: ClassifierEval, best: dict[str, Any]
+) -> Callable[[dict[str, Any], bool], None]:
+    """The Trainer's save hook: keep only the weights (and confusion plot) of the best epoch."""
+
+    def save(trainer_state: dict[str, Any], is_best: bool) -> None:
+        if is_best:
+            _save_best(run_dir, model, evaluator, best, trainer_state["state"]["step"])
+
+    return save
+
+
+def _save_best(
+    run_dir: Path, model: nn.Module, evaluator: ClassifierEval, best: dict[str, Any], step: int
+) -> None:
+    ckpt.save_weights(model, run_dir / ckpt.MODEL_FILE, step)
+    plot_confusion_matrix(
+        evaluator.last["confusion_matrix"], evaluator.labels, run_dir / CONFUSION_PLOT
+    )
+    best.clear()
+    best.update(evaluator.last, step=step)
+
+
+def _summary(
+    cfg: RunConfig,
+    out: Path,
+    data: ClassificationData,
+    steps: int,
+    best: dict[str, Any],
+    batches_per_epoch: int,
+) -> dict[str, Any]:
+    per_epoch = batches_per_epoch / cfg.train.grad_accum
+    return {
+        "run_dir": str(out),
+        "labels": data.labels,
+        "train_examples": len(data.train),
+        "valid_examples": len(data.valid),
+        "truncated": {"train": data.train.truncated, "valid": data.valid.truncated},
+        "steps": steps,
+        "epochs": round(steps / per_epoch, 2),
+        "best_epoch": round(best["step"] / per_epoch, 2),
+        "best_metric": cfg.train.best_metric,
+        "metrics": {k: v for k, v in best.items() if isinstance(v, float | int)},
+        "confusion_matrix": format_confusion_matrix(best["confusion_matrix"], data.labels),
+        "report": format_classification_report(best, data.labels),
+        "confusion_plot": str(out / CONFUSION_PLOT),
+        "loss_plot": str(out / LOSS_PLOT),
+    }
+
+
+# ---------------------------------------------------------------- predict
+
+
+def load_classifier(
+    run_dir: Path,
+) -> tuple[RunConfig, SequenceClassifier, Tokenizer, list[str]]:
+    """(config, classifier in eval mode, tokenizer, label names) of a fine-tuned run."""
+    cfg = ckpt.read_run_config(run_dir)
+    if cfg.train.objective != "classify":
+        raise CheckpointError(
+            f"{run_dir} is not a classifier (train.objective={cfg.train.objective}); predict "
+            "with a run made by `lmforge finetune classify`"
+        )
+    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER_FILE)
+    ckpt.check_vocab(tokenizer, cfg, str(run_dir))
+    labels = load_label_map(run_dir / LABELS_FILE)
+    model = SequenceClassifier(ckpt.build_model(cfg), len(labels), cfg.finetune.dropout)
+    ckpt.load_weights(model, run_dir / ckpt.MODEL_FILE)
+    return cfg, model.eval(), tokenizer, labels
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PredictOptions:
+    run: Path
+    input: Path
+    output: Path
+    text_column: str | None = None  # None: the column the run was fine-tuned on
+    text_pair_column: str | None = None
+    label_column: str | None = None  # when given, also report accuracy against it
+    batch_size: int = 32
+    overwrite: bool = False
+
+
+def predict(opts: PredictOptions) -> dict[str, Any]:
+    """Classify every row of opts.input; write JSONL (text, label, probabilities) atomically."""
+    if opts.batch_size < 1:
+        raise LMForgeError("--batch-size must be >= 1")
+    if opts.output.exists() and not opts.overwrite:
+        raise LMForgeError(f"{opts.output} exists; choose another --output or pass --overwrite")
+    cfg, model, tokenizer, labels = load_classifier(opts.run)
+    pair = opts.text_pair_column or cfg.finetune.text_pair_column or None
+    examples = read_examples(
+        opts.input, opts.text_column or cfg.finetune.text_column, opts.label_column, pair, "input"
+    )
+    known = labels if opts.label_column else None
+    enc = encode_examples(examples, tokenizer, cfg.model.arch, cfg.model.block_size, known, "input")
+    if note := enc.truncation_note():
+        log.warning("warning: %s (model.block_size)", note)
+    model.to(choose_device(cfg.train.device))
+    logits, targets = predict_logits(model, classification_batches(enc, opts.batch_size))
+    probs = logits.softmax(-1)
+    lines = [_prediction(e, p, labels) for e, p in zip(examples, probs.tolist(), strict=True)]
+    write_text_atomic(opts.output, "".join(lines))
+    summary: dict[str, Any] = {"output": str(opts.output), "n": len(examples)}
+    summary["truncated"] = enc.truncated
+    if targets is not None:
+        metrics = classification_metrics(probs.argmax(1), targets, len(labels))
+        summary.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    return summary
+
+
+def _prediction(example: Example, probs: list[float], labels: list[str]) -> str:
+    record: dict[str, Any] = {"text": example.text}
+    if example.pair is not None:
+        record["text_pair"] = example.pair
+    best = max(range(len(labels)), key=probs.__getitem__)
+    record["label"] = labels[best]
+    record["probabilities"] = {name: round(p, 6) for name, p in zip(labels, probs, strict=True)}
+    return json.dumps(record, ensure_ascii=False) + "\n"
