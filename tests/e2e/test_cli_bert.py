@@ -1,0 +1,308 @@
+"""BERT end to end on the command line: prepare --tokenizer wordpiece -> pretrain (mlm+nsp) ->
+finetune classify -> predict, a GPT base fine-tuned too, and each bad input's `error:`."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lmforge import checkpoint as ckpt
+from lmforge.cli import main
+from lmforge.config import ModelConfig, RunConfig
+from lmforge.model import BERT
+from lmforge.tokenizer import Tokenizer
+
+from .conftest import assert_user_error
+
+FILLER = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "across",
+    "and",
+    "birds",
+    "sang",
+    "songs",
+    "in",
+    "tall",
+    "trees",
+    "near",
+    "old",
+    "houses",
+]
+BERT_SETS = [
+    f"--set={item}"
+    for item in (
+        "model.arch=bert",
+        "train.objective=mlm+nsp",
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=32",
+        "model.block_size=32",
+        "train.batch_size=8",
+        "train.max_steps=40",
+        "train.warmup_steps=4",
+        "train.eval_interval=20",
+        "train.eval_batches=2",
+        "train.checkpoint_interval=20",
+        "train.best_metric=val_mlm_accuracy",
+        "train.progress=false",
+    )
+]
+FINETUNE_SETS = [
+    f"--set={item}"
+    for item in (
+        "train.lr=3e-3",
+        "finetune.epochs=10",
+        "train.batch_size=16",
+        "train.patience=4",
+        "train.progress=false",
+    )
+]
+
+
+def _sentence(rng: random.Random, key: str = "") -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), key or rng.choice(("green fields", "blue skies")))
+    return " ".join(words)
+
+
+def _write_tsv(path: Path, rows: list[tuple[str, str]], header: str = "sentence\tlabel") -> Path:
+    path.write_text(header + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+def _separable_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """Label pos exactly when the text says "green fields", neg when "blue skies"."""
+    labels = [rng.choice(("pos", "neg")) for _ in range(n)]
+    keys = {"pos": "green fields", "neg": "blue skies"}
+    return [(_sentence(rng, keys[y]), y) for y in labels]
+
+
+@pytest.fixture(scope="session")
+def bert_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-step mlm+nsp pretraining of a tiny BERT on wordpiece data (about 2 s)."""
+    root = tmp_path_factory.mktemp("bert")
+    rng = random.Random(0)
+    corpus = root / "corpus.jsonl"
+    docs = [" ".join(_sentence(rng).capitalize() + "." for _ in range(8)) for _ in range(60)]
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    data = root / "data"
+    args = ["prepare", "--input", str(corpus), "--out", str(data), "--tokenizer", "wordpiece"]
+    assert main([*args, "--vocab-size", "200"]) == 0
+    run = root / "run"
+    assert main(["pretrain", "--data", str(data), "--out", str(run), *BERT_SETS]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("task")
+    rng = random.Random(1)
+    train = _write_tsv(root / "train.tsv", _separable_rows(rng, 160))
+    return train, _write_tsv(root / "dev.tsv", _separable_rows(rng, 40))
+
+
+@pytest.fixture(scope="session")
+def classifier_run(bert_run: Path, task_files: tuple[Path, Path]) -> Path:
+    out = bert_run.parent / "classifier"
+    train, dev = task_files
+    args = ["finetune", "classify", "--base", str(bert_run), "--train", str(train)]
+    args += ["--valid", str(dev), "--text-column", "sentence", "--label-column", "label"]
+    assert main([*args, "--out", str(out), *FINETUNE_SETS]) == 0
+    return out
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_prepare_wordpiece_records_sentences_and_lowercases(bert_run: Path) -> None:
+    meta = json.loads((bert_run.parent / "data" / "meta.json").read_text())
+    assert meta["tokenizer_kind"] == "wordpiece"
+    assert meta["splits"]["train"]["sentences"]["documents"] > 1
+    tokenizer = Tokenizer.load(bert_run / "tokenizer.json")
+    assert tokenizer.encode("The CAT") == tokenizer.encode("the cat")
+
+
+def test_bert_pretraining_loss_falls_and_reports_mlm_and_nsp(bert_run: Path) -> None:
+    config = json.loads((bert_run / "config.json").read_text())
+    assert config["model"]["arch"] == "bert"
+    assert config["train"]["objective"] == "mlm+nsp"
+    evals = [r for r in _records(bert_run) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    for key in ("val_mlm_loss", "val_mlm_accuracy", "val_nsp_loss", "val_nsp_accuracy"):
+        assert all(0 <= r[key] < 10 for r in evals), key
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3
+    assert evals[-1]["val_mlm_accuracy"] > evals[0]["val_mlm_accuracy"]
+    assert (bert_run / "best" / "model.safetensors").is_file()
+
+
+def test_finetune_classify_learns_a_separable_task(classifier_run: Path) -> None:
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "labels.json",
+        "metrics.jsonl",
+        "loss.png",
+        "confusion_matrix.png",
+    ):
+        assert (classifier_run / name).is_file(), name
+    assert json.loads((classifier_run / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
+    config = json.loads((classifier_run / "config.json").read_text())
+    assert config["train"]["objective"] == "classify"
+    assert config["train"]["schedule"] == "linear"
+    assert config["finetune"]["base"].endswith("run")
+    evals = [r for r in _records(classifier_run) if "val_accuracy" in r]
+    assert max(r["val_accuracy"] for r in evals) >= 0.95
+    assert all(len(r["val_confusion_matrix"]) == 2 for r in evals)
+    # patience 4: it stopped four evaluations after the best one, before 10 epochs
+    best = max(range(len(evals)), key=lambda i: (evals[i]["val_accuracy"], -i))
+    assert len(evals) - 1 == best + 4
+    assert evals[-1]["step"] < 100
+
+
+def test_predict_writes_labels_and_probabilities(
+    classifier_run: Path, task_files: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    _, dev = task_files
+    out = classifier_run.parent / "predictions.jsonl"
+    args = ["predict", str(classifier_run), "--input", str(dev), "--output", str(out)]
+    assert main([*args, "--label-column", "label", "--batch-size", "7"]) == 0
+    assert "accuracy 1.0000" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    gold = [line.split("\t") for line in dev.read_text().splitlines()[1:]]
+    assert [r["text"] for r in rows] == [text for text, _ in gold]
+    assert [r["label"] for r in rows] == [label for _, label in gold]
+    for row in rows:
+        assert set(row["probabilities"]) == {"neg", "pos"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert max(row["probabilities"], key=row["probabilities"].get) == row["label"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".predictions")]
+    code = main(args)  # the output exists: refused without --overwrite
+    assert_user_error(code, capsys, "--overwrite")
+
+
+def test_a_gpt_base_fine_tunes_too(
+    trained_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, dev = task_files
+    out = tmp_path / "gpt-classifier"
+    args = ["finetune", "classify", "--base", str(trained_run), "--train", str(train)]
+    args += ["--valid", str(dev), "--out", str(out), "--set", "finetune.epochs=1"]
+    assert main([*args, "--class-weights", "balanced", "--set", "train.progress=false"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["arch"] == "gpt"
+    assert config["finetune"]["class_weights"] == "balanced"
+    predictions = tmp_path / "p.jsonl"
+    assert main(["predict", str(out), "--input", str(dev), "--output", str(predictions)]) == 0
+    assert len(predictions.read_text().splitlines()) == 40
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _finetune(base: Path, train: Path, dev: Path, out: Path, *extra: str) -> int:
+    args = ["finetune", "classify", "--base", str(base), "--train", str(train)]
+    return main([*args, "--valid", str(dev), "--out", str(out), *extra, *FINETUNE_SETS[3:]])
+
+
+def test_a_missing_column_names_the_columns_found(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, dev = task_files
+    code = _finetune(bert_run, train, dev, tmp_path / "x", "--text-column", "text")
+    assert_user_error(code, capsys, "no column 'text'", "columns found: sentence, label")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_empty_split_is_refused(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, _ = task_files
+    empty = _write_tsv(tmp_path / "empty.tsv", [])
+    code = _finetune(bert_run, train, empty, tmp_path / "x")
+    assert_user_error(code, capsys, "valid split", "has no examples")
+
+
+def test_a_dev_label_absent_from_train_is_refused(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, _ = task_files
+    dev = _write_tsv(tmp_path / "dev.tsv", [("green fields", "pos"), ("a cat", "neutral")])
+    code = _finetune(bert_run, train, dev, tmp_path / "x")
+    assert_user_error(code, capsys, "'neutral'", "training split lacks")
+
+
+def test_over_long_texts_are_truncated_with_a_count(
+    bert_run: Path,
+    task_files: tuple[Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, dev = task_files
+    rng = random.Random(2)
+    rows = _separable_rows(rng, 30)
+    rows[:3] = [(" ".join(["the cat sat"] * 40) + " " + t, y) for t, y in rows[:3]]
+    train = _write_tsv(tmp_path / "train.tsv", rows)
+    code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "finetune.epochs=1")
+    assert code == 0
+    assert "train split: 3 of 30 examples truncated to 32 tokens" in caplog.text
+
+
+def test_a_base_whose_tokenizer_lacks_bert_specials_is_refused(
+    task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tokenizer = Tokenizer.train_char(["the cat sat on a mat, green fields and blue skies"])
+    model_cfg = ModelConfig(
+        arch="bert", n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.vocab_size
+    )
+    base = tmp_path / "base"
+    ckpt.write_run_files(base, RunConfig(model=model_cfg), tokenizer)
+    ckpt.save_weights(BERT(model_cfg), base / ckpt.MODEL_FILE)
+    train, dev = task_files
+    code = _finetune(base, train, dev, tmp_path / "x")
+    assert_user_error(code, capsys, "lacks [CLS], [SEP] or [PAD]", "--tokenizer wordpiece")
+
+
+def test_runs_used_for_the_wrong_verb_are_refused(
+    bert_run: Path, classifier_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["generate", str(classifier_run), "--prompt", "x"])
+    assert_user_error(code, capsys, "fine-tuned classifier", "lmforge predict")
+    code = main(["predict", str(bert_run), "--input", "x.tsv", "--output", str(tmp_path / "p")])
+    assert_user_error(code, capsys, "is not a classifier")
+    code = main(["evaluate", str(bert_run)])
+    assert_user_error(code, capsys, "perplexity needs a causal GPT")
+
+
+def test_objective_and_architecture_must_match(
+    bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = bert_run.parent / "data"
+    code = main(["pretrain", "--data", str(data), "--out", str(tmp_path / "a"), *BERT_SETS[:1]])
+    assert_user_error(code, capsys, "train.objective=clm trains a causal GPT")
+    sets = ["--set", "train.objective=mlm"]
+    code = main(["pretrain", "--data", str(data), "--out", str(tmp_path / "b"), *sets])
+    assert_user_error(code, capsys, "set model.arch=bert")
+
+
+def test_fine_tune_config_keeps_the_base_model_and_derived_keys(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, dev = task_files
+    code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "model.n_layer=4")
+    assert_user_error(code, capsys, "model.n_layer comes from the base run")
+    code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "train.max_steps=4")
+    assert_user_error(code, capsys, "train.max_steps is derived", "finetune.epochs")
+    code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "train.best_metric=val_ppl")
+    assert_user_error(code, capsys, "not reported for objective classify", "val_macro_f1")
