@@ -164,11 +164,12 @@ class RecordingGPT(GPT):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         if kv_cache is not None:
             buffers = tuple(t.data_ptr() for t in [*kv_cache.keys, *kv_cache.values])
             self.calls.append((tuple(idx.shape), buffers))
-        return super().forward(idx, kv_cache, attention_mask)
+        return super().forward(idx, kv_cache, attention_mask, logits_to_keep)
 
 
 def _recording(pos_emb: str = "rope") -> RecordingGPT:
@@ -462,3 +463,14 @@ def test_beam_text_is_the_best_beam_cut_at_the_stop_string(tokenizer: Tokenizer)
 def test_sampling_config_rejects_bad_generation_values(kwargs: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         SamplingConfig(**kwargs)
+
+
+def test_generating_with_a_bert_says_it_needs_a_gpt(tokenizer: Tokenizer) -> None:
+    from lmforge.model import BERT
+
+    cfg = ModelConfig(arch="bert", n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=97)
+    bert = BERT(cfg)
+    with pytest.raises(ConfigError, match=r"cannot generate with a bert model.*model.arch=gpt"):
+        list(generate_text(bert, tokenizer, "hi", _greedy(3)))
+    with pytest.raises(ConfigError, match="causal language model"):
+        list(generate_batch_tokens(bert, [[1, 2]], _greedy(3)))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import SamplingConfig
+from lmforge.errors import ConfigError
 from lmforge.model import GPT, KVCache
 from lmforge.model.packed import packed_linears
 from lmforge.tokenizer import Tokenizer
@@ -143,6 +144,16 @@ def _advance(
     return model(tokens[:, None], kv_cache=cache)[:, -1].float()
 
 
+def require_causal_lm(model: torch.nn.Module) -> None:
+    """Generation continues text left to right: only a GPT can do it."""
+    if not isinstance(model, GPT):
+        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+        raise ConfigError(
+            f"cannot generate with a {arch} model: generation needs a causal language model "
+            "(model.arch=gpt); a BERT encoder fills in masks or classifies instead"
+        )
+
+
 def _setup(
     model: GPT, prompts: Sequence[Sequence[int]], copies: int, sampling: SamplingConfig
 ) -> tuple[list[list[int]], list[int], KVCache, torch.Tensor | None]:
@@ -178,6 +189,7 @@ def generate_batch_tokens(
     fills the context, every row restarts from its last 3/4 context, a short one earlier than
     it would alone.
     """
+    require_causal_lm(model)
     if sampling.beams > 1:
         found = beam_search(
             model, prompts, sampling, stop_ids=stop_ids, stop_when=stop_when, pad_id=pad_id
@@ -258,6 +270,7 @@ def beam_search(
     search ends when the best running beam, scored at its current length, cannot beat the worst
     of `beams` hypotheses. A stop id ends a hypothesis without being part of it.
     """
+    require_causal_lm(model)
     if not prompts or sampling.max_new_tokens == 0:
         return [[(0.0, [])] for _ in prompts]
     with packed_linears(model):
@@ -362,6 +375,7 @@ def _text_events(
     stops: list[str],
 ) -> Iterator[tuple[int, int]]:
     """(row, token) events of prompts ending at <|endoftext|> (also the pad) or a stop string."""
+    require_causal_lm(model)
     stop_when = (lambda ids: _first_stop(tokenizer.decode(ids), stops) >= 0) if stops else None
     eot = tokenizer.eot_id
     return generate_batch_tokens(
@@ -378,6 +392,7 @@ def generate_text(
 ) -> Iterator[str]:
     """Stream the continuation of prompt as text pieces; ends at <|endoftext|>, a stop string
     (left out) or max_new_tokens. With beams > 1 the best beam arrives in one piece."""
+    require_causal_lm(model)
     stops, prompt_ids = [s for s in stop if s], tokenizer.encode(prompt) or [tokenizer.eot_id]
     new_ids: list[int] = []
     emitted, text = 0, ""
