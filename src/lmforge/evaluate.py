@@ -1,7 +1,9 @@
-"""Evaluation metrics: perplexity of a model over a token split, and classification metrics."""
+"""Evaluation metrics: perplexity over a token split or a text (sliding windows, bits per byte),
+and classification metrics."""
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import nn
 
 from lmforge.data.batches import Batch
 from lmforge.data.shards import TokenShards
+from lmforge.errors import ConfigError, DataError
 from lmforge.model.packed import packed_linears
 
 
@@ -33,7 +36,7 @@ def split_perplexity(
     device = next(model.parameters()).device
     total, count = 0.0, 0
     windows = list(shards.sequential_windows(split, block_size + 1))
-    with torch.inference_mode(), packed_linears(model):
+    with packed_linears(model):
         for start in range(0, len(windows), batch_size):
             chunk = torch.stack(windows[start : start + batch_size]).to(device)  # (B, T+1)
             logits = model(chunk[:, :-1])  # (B, T, V)
@@ -43,6 +46,114 @@ def split_perplexity(
             count += targets.numel()
     loss = total / max(count, 1)
     return Perplexity(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=count)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Inputs ids[begin:end] predict targets ids[begin+1:end+1]; those from index `first` on
+    are scored here (the earlier ones were scored by a previous window)."""
+
+    begin: int
+    first: int
+    end: int
+
+
+def sliding_windows(n_ids: int, window: int, stride: int) -> list[Window]:
+    """Windows over n_ids tokens that score every target (ids[1:]) exactly once.
+
+    Each window starts `stride` after the previous and scores the targets the previous did not
+    reach, so every target but the first window's has at least window - stride tokens of
+    context. stride == window is plain chunking.
+    """
+    if not 1 <= stride <= window:
+        raise ConfigError(f"stride must be between 1 and the window ({window}); got {stride}")
+    windows, scored, begin = [], 0, 0  # scored: the last target index scored so far
+    while scored < n_ids - 1:
+        end = min(begin + window, n_ids - 1)
+        windows.append(Window(begin, scored + 1, end))
+        scored, begin = end, begin + stride
+    return windows
+
+
+@dataclass(frozen=True, slots=True)
+class TextScore:
+    """How well a causal LM predicts a text: per token, per byte, and by position in the window."""
+
+    loss: float  # mean NLL per token (nats)
+    perplexity: float
+    bits_per_byte: float  # total NLL / (bytes · ln 2): comparable across tokenizers
+    tokens: int
+    bytes: int
+    tokens_per_s: float
+    position_loss: list[float]  # mean NLL by position in the window (index 0: 1 token of context)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON record of `evaluate --json` (the position curve left out)."""
+        keys = ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "tokens_per_s")
+        return {key: getattr(self, key) for key in keys}
+
+
+def bits_per_byte(total_nll: float, n_bytes: int) -> float:
+    """Total NLL in nats over the text's UTF-8 bytes, in bits: Σ −ln p / (bytes · ln 2)."""
+    return total_nll / (max(n_bytes, 1) * math.log(2))
+
+
+@torch.inference_mode()
+def token_losses(
+    model: nn.Module, ids: torch.Tensor, window: int, stride: int, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL of every target ids[1:] (N-1,) under sliding windows, and each one's position in
+    its window (N-1,). Full-length windows run batch_size at a time."""
+    model.eval()
+    device = next(model.parameters()).device
+    losses = torch.empty(len(ids) - 1)
+    positions = torch.empty(len(ids) - 1, dtype=torch.long)
+    spans = sliding_windows(len(ids), window, stride)
+    groups = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
+    with packed_linears(model):
+        for group in _same_length_groups(groups):
+            inputs = torch.stack([ids[w.begin : w.end] for w in group]).to(device)
+            targets = torch.stack([ids[w.begin + 1 : w.end + 1] for w in group]).to(device)
+            logits = model(inputs).float()  # (B, T, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").cpu()
+            for row, w in enumerate(group):
+                keep = slice(w.first - w.begin - 1, w.end - w.begin)
+                losses[w.first - 1 : w.end] = nll[row, keep]
+                positions[w.first - 1 : w.end] = torch.arange(keep.start, keep.stop)
+    return losses, positions
+
+
+def _same_length_groups(groups: list[list[Window]]) -> Iterator[list[Window]]:
+    """Split each group where the window length changes (only the last window is shorter)."""
+    for group in groups:
+        lengths = sorted({w.end - w.begin for w in group}, reverse=True)
+        for length in lengths:
+            yield [w for w in group if w.end - w.begin == length]
+
+
+def score_text(
+    model: nn.Module, ids: Sequence[int], n_bytes: int, window: int, stride: int | None = None
+) -> TextScore:
+    """Loss, perplexity, bits per byte and the position curve of token ids (the first is a
+    context-only start token, e.g. <|endoftext|>, so every token of the text is scored)."""
+    if len(ids) < 2:
+        raise DataError("the text has no tokens to score; give a longer text")
+    start = time.perf_counter()
+    losses, positions = token_losses(model, torch.tensor(ids), window, stride or window)
+    seconds = time.perf_counter() - start
+    total, count = float(losses.double().sum()), len(losses)
+    by_position = torch.zeros(window, dtype=torch.float64).index_add_(0, positions, losses.double())
+    seen = torch.bincount(positions, minlength=window).clamp(min=1)
+    loss = total / count
+    return TextScore(
+        loss=loss,
+        perplexity=math.exp(min(loss, 700)),
+        bits_per_byte=bits_per_byte(total, n_bytes),
+        tokens=count,
+        bytes=n_bytes,
+        tokens_per_s=count / max(seconds, 1e-9),
+        position_loss=(by_position / seen)[: int(positions.max()) + 1].tolist(),
+    )
 
 
 def classification_metrics(
