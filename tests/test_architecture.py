@@ -35,6 +35,7 @@ FORBIDDEN = {
     "lmforge.interop": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.files": ["lmforge."],
     "lmforge.cli": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
+    "lmforge.cli_train": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
 }
 ALLOWED = {"lmforge.config": {"lmforge.errors"}, "lmforge.files": {"lmforge.errors"}}
 

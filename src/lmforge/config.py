@@ -94,24 +94,14 @@ class ModelConfig:
 
 
 # Validation metrics each objective reports (the eval records in metrics.jsonl).
+_MLM = ("val_loss", "val_mlm_loss", "val_mlm_accuracy")
+_CLASSIFY = ("val_loss", "val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall")
 OBJECTIVES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "clm": ("val_loss", "val_ppl"),
-        "mlm": ("val_loss", "val_mlm_loss", "val_mlm_accuracy"),
-        "mlm+nsp": (
-            "val_loss",
-            "val_mlm_loss",
-            "val_mlm_accuracy",
-            "val_nsp_loss",
-            "val_nsp_accuracy",
-        ),
-        "classify": (
-            "val_loss",
-            "val_accuracy",
-            "val_macro_f1",
-            "val_macro_precision",
-            "val_macro_recall",
-        ),
+        "mlm": _MLM,
+        "mlm+nsp": (*_MLM, "val_nsp_loss", "val_nsp_accuracy"),
+        "classify": _CLASSIFY,
     }
 )
 
@@ -424,62 +414,3 @@ def load_config(path: str | Path | None, sets: list[str] | None = None) -> RunCo
     """Read a config file (or the defaults when `path` is None) and apply `--set` overrides."""
     data = read_config_file(path) if path else {}
     return from_dict(RunConfig, apply_overrides(data, sets or []))
-
-
-# Fine-tuning defaults from the BERT paper (Devlin et al. 2019, appendix A.3): AdamW with
-# β2 = 0.999, weight decay 0.01, linear decay to 0 after a 10% warmup, lr in 2e-5 … 5e-5.
-_FINETUNE_TRAIN_DEFAULTS = MappingProxyType(
-    {
-        "objective": "classify",
-        "lr": 5e-5,
-        "min_lr": 0.0,
-        "schedule": "linear",
-        "batch_size": 32,
-        "weight_decay": 0.01,
-        "beta2": 0.999,
-        "eps": 1e-6,
-        "best_metric": "val_accuracy",
-        "keep_last": 1,
-    }
-)
-# derived from finetune.epochs, finetune.warmup_fraction and the data size
-_DERIVED_TRAIN_KEYS = (
-    "objective",
-    "max_steps",
-    "warmup_steps",
-    "eval_interval",
-    "checkpoint_interval",
-    "eval_batches",
-)
-
-
-def load_finetune_config(
-    base_model: ModelConfig,
-    path: str | Path | None,
-    sets: list[str],
-    finetune: Mapping[str, Any],
-) -> RunConfig:
-    """A fine-tune's config: the base run's model, the BERT-paper training defaults, then the
-    config file, `--set` overrides and the `finetune` values given as command-line flags."""
-    user = apply_overrides(read_config_file(path) if path else {}, sets)
-    model = user.pop("model", {}) or {}
-    if set(model) - {"dropout"}:
-        raise ConfigError(
-            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
-            "change when fine-tuning (only model.dropout can)"
-        )
-    train = user.get("train") or {}
-    fixed = [key for key in _DERIVED_TRAIN_KEYS if key in train]
-    if fixed:
-        raise ConfigError(
-            f"train.{fixed[0]} is derived when fine-tuning; set finetune.epochs and "
-            "finetune.warmup_fraction instead"
-        )
-    if user.get("data"):
-        raise ConfigError("data.* is not used when fine-tuning; give --train and --valid files")
-    data = {
-        "model": {**to_dict(base_model), **model},
-        "train": {**_FINETUNE_TRAIN_DEFAULTS, **train},
-        "finetune": {**(user.get("finetune") or {}), **finetune},
-    }
-    return from_dict(RunConfig, data)

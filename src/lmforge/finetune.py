@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -20,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge import checkpoint as ckpt
-from lmforge.config import RunConfig, load_finetune_config
+from lmforge.config import (
+    ModelConfig,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    read_config_file,
+    to_dict,
+)
 from lmforge.data.batches import Batch
 from lmforge.data.classify import (
     LABELS_FILE,
@@ -34,7 +42,7 @@ from lmforge.data.classify import (
     read_examples,
     save_label_map,
 )
-from lmforge.errors import CheckpointError, LMForgeError
+from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.evaluate import (
     classification_metrics,
     format_classification_report,
@@ -53,6 +61,65 @@ from lmforge.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 CONFUSION_PLOT = "confusion_matrix.png"
+
+
+# Fine-tuning defaults from the BERT paper (Devlin et al. 2019, appendix A.3): AdamW with
+# β2 = 0.999, weight decay 0.01, linear decay to 0 after a 10% warmup, lr in 2e-5 … 5e-5.
+_FINETUNE_TRAIN_DEFAULTS = MappingProxyType(
+    {
+        "objective": "classify",
+        "lr": 5e-5,
+        "min_lr": 0.0,
+        "schedule": "linear",
+        "batch_size": 32,
+        "weight_decay": 0.01,
+        "beta2": 0.999,
+        "eps": 1e-6,
+        "best_metric": "val_accuracy",
+        "keep_last": 1,
+    }
+)
+# derived from finetune.epochs, finetune.warmup_fraction and the data size
+_DERIVED_TRAIN_KEYS = (
+    "objective",
+    "max_steps",
+    "warmup_steps",
+    "eval_interval",
+    "checkpoint_interval",
+    "eval_batches",
+)
+
+
+def load_finetune_config(
+    base_model: ModelConfig,
+    path: str | Path | None,
+    sets: list[str],
+    finetune: Mapping[str, Any],
+) -> RunConfig:
+    """A fine-tune's config: the base run's model, the BERT-paper training defaults, then the
+    config file, `--set` overrides and the `finetune` values given as command-line flags."""
+    user = apply_overrides(read_config_file(path) if path else {}, sets)
+    model = user.pop("model", {}) or {}
+    if set(model) - {"dropout"}:
+        raise ConfigError(
+            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
+            "change when fine-tuning (only model.dropout can)"
+        )
+    train = user.get("train") or {}
+    fixed = [key for key in _DERIVED_TRAIN_KEYS if key in train]
+    if fixed:
+        raise ConfigError(
+            f"train.{fixed[0]} is derived when fine-tuning; set finetune.epochs and "
+            "finetune.warmup_fraction instead"
+        )
+    if user.get("data"):
+        raise ConfigError("data.* is not used when fine-tuning; give --train and --valid files")
+    data = {
+        "model": {**to_dict(base_model), **model},
+        "train": {**_FINETUNE_TRAIN_DEFAULTS, **train},
+        "finetune": {**(user.get("finetune") or {}), **finetune},
+    }
+    return from_dict(RunConfig, data)
 
 
 def classify_config(

@@ -18,13 +18,12 @@ from lmforge.config import (
     TrainConfig,
     higher_is_better,
     load_config,
-    load_finetune_config,
 )
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.sentences import SentenceCorpus
 from lmforge.errors import ConfigError
-from lmforge.finetune import balanced_class_weights
+from lmforge.finetune import balanced_class_weights, load_finetune_config
 from lmforge.jobs import encoder_metrics
 from lmforge.model import BERT, GPT
 from lmforge.tokenizer import Tokenizer
