@@ -306,3 +306,23 @@ def test_fine_tune_config_keeps_the_base_model_and_derived_keys(
     assert_user_error(code, capsys, "train.max_steps is derived", "finetune.epochs")
     code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "train.best_metric=val_ppl")
     assert_user_error(code, capsys, "not reported for objective classify", "val_macro_f1")
+
+
+def test_sentence_pairs_fine_tune_and_predict_with_a_jsonl_file(
+    bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = random.Random(3)
+    rows = [{"first": _sentence(rng), "second": _sentence(rng), "label": i % 3} for i in range(48)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "pairs"
+    args = ["finetune", "classify", "--base", str(bert_run), "--train", str(data)]
+    args += ["--valid", str(data), "--text-column", "first", "--text-pair-column", "second"]
+    assert main([*args, "--out", str(out), "--set", "finetune.epochs=1", *FINETUNE_SETS[4:]]) == 0
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["0", "1", "2"]
+    predictions = tmp_path / "p.jsonl"
+    assert main(["predict", str(out), "--input", str(data), "--output", str(predictions)]) == 0
+    first = json.loads(predictions.read_text().splitlines()[0])
+    assert first["text"] == rows[0]["first"]
+    assert first["text_pair"] == rows[0]["second"]
+    assert set(first["probabilities"]) == {"0", "1", "2"}

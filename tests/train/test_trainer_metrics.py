@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
+from lmforge import checkpoint as ckpt
 from lmforge.config import (
     ModelConfig,
     RunConfig,
@@ -190,7 +191,7 @@ def test_best_flags_follow_the_metric_direction(
     assert flags == [True, False, True, False]  # steps 2, 4, 6, 8; a tie is not better
 
 
-def _bert_setup() -> tuple[BERT, SentenceCorpus, BertVocab]:
+def _bert_setup(dropout: float = 0.0) -> tuple[BERT, SentenceCorpus, BertVocab]:
     words = [f"w{i}" for i in range(30)]
     tokenizer = Tokenizer.train_wordpiece([" ".join(words)] * 3, vocab_size=60)
     vocab = BertVocab.from_tokenizer(tokenizer)
@@ -201,7 +202,13 @@ def _bert_setup() -> tuple[BERT, SentenceCorpus, BertVocab]:
     docs = ids.tolist()
     corpus = SentenceCorpus.from_documents(docs, separator=vocab.sep_id)
     cfg = ModelConfig(
-        arch="bert", n_layer=1, n_head=2, n_embd=16, block_size=24, vocab_size=tokenizer.vocab_size
+        arch="bert",
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        block_size=24,
+        vocab_size=tokenizer.vocab_size,
+        dropout=dropout,
     )
     torch.manual_seed(0)
     return BERT(cfg), corpus, vocab
@@ -254,3 +261,47 @@ def test_the_trainer_pretrains_a_bert_with_mlm_nsp(tiny_train_cfg: TrainConfig) 
     assert last < first - 0.5
     assert state.best_score is not None
     assert state.best_score >= tracker.last_eval["val_mlm_accuracy"] > 0
+
+
+def _bert_trainer(tmp: Path | None, seed: int, cfg: TrainConfig) -> tuple[BERT, Trainer]:
+    model, corpus, vocab = _bert_setup(dropout=0.1)  # dropout: the RNG state matters
+    torch.manual_seed(seed)
+    val = [mlm_batch(corpus, 4, 24, step_generator(0, 1, i), vocab) for i in range(2)]
+    save = None
+    if tmp is not None:
+        save = lambda state, best: ckpt.save_checkpoint(tmp, model, state, best, 2)  # noqa: E731
+    trainer = Trainer(
+        model,
+        build_optimizer(model, cfg),
+        lambda step, micro: mlm_batch(corpus, 4, 24, step_generator(0, 0, step, micro), vocab),
+        cfg,
+        mlm_nsp_loss,
+        val_batches=lambda: val,
+        save=save,
+        metrics=encoder_metrics,
+    )
+    return model, trainer
+
+
+def test_bert_pretraining_resumes_bit_identically(
+    tmp_path: Path, tiny_train_cfg: TrainConfig
+) -> None:
+    cfg = dataclasses.replace(
+        tiny_train_cfg, objective="mlm+nsp", best_metric="val_mlm_accuracy", patience=5
+    )
+    straight, trainer = _bert_trainer(None, 0, cfg)
+    expected_state = trainer.fit()
+    _, trainer = _bert_trainer(tmp_path, 0, cfg)
+    trainer.fit(stop_at=8)
+    latest = ckpt.list_checkpoints(tmp_path)[-1]
+    resumed, trainer = _bert_trainer(None, 99, cfg)
+    ckpt.load_weights(resumed, latest / ckpt.MODEL_FILE)
+    trainer.load_state_dict(ckpt.load_trainer_state(latest))
+    state = trainer.fit()
+    assert (state.step, state.best_step, state.best_score) == (
+        expected_state.step,
+        expected_state.best_step,
+        expected_state.best_score,
+    )
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
