@@ -1,0 +1,83 @@
+"""Int8 quantization: close logits, 4x smaller linear weights, exact save/load."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmforge.compress.quantize import (
+    int8_per_channel,
+    int8_tensors,
+    linear_weight_bytes,
+    load_int8,
+    quantize_int8,
+    quantized_layers,
+)
+from lmforge.config import ModelConfig
+from lmforge.errors import CheckpointError
+from lmforge.model import GPT
+
+CFG = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=211, pos_emb="rope")
+
+
+def _model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, 211, (3, 32), generator=torch.Generator().manual_seed(1))
+
+
+def test_per_channel_int8_rounds_each_weight_to_half_a_step() -> None:
+    w = torch.randn(16, 40) * torch.logspace(-3, 1, 16)[:, None]  # rows of very different scale
+    q, scale = int8_per_channel(w)
+    assert q.dtype == torch.int8
+    assert int(q.abs().max()) == 127
+    error = (q.float() * scale[:, None] - w).abs()
+    assert bool((error <= scale[:, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight-only"])
+def test_quantized_logits_stay_close_to_the_float_ones(scheme: str) -> None:
+    model = _model()
+    quantized, used = quantize_int8(model, scheme)
+    assert used == scheme
+    assert len(quantized_layers(quantized)) == 2 * 4 + 1
+    with torch.no_grad():
+        ref, got = model(_ids()), quantized(_ids())
+    diff = (got - ref).abs()
+    spread = float(ref.std())
+    assert float(diff.max()) < 0.2 * spread, (float(diff.max()), spread)
+    assert float(diff.mean()) < 0.04 * spread, (float(diff.mean()), spread)
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    assert any(isinstance(p, torch.nn.Linear) for p in model.modules())  # the float model kept
+
+
+def test_linear_weights_shrink_about_four_times() -> None:
+    model = _model()
+    quantized, _ = quantize_int8(model)
+    ratio = linear_weight_bytes(model) / linear_weight_bytes(quantized)
+    assert 3.5 < ratio <= 4.0
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight-only"])
+def test_save_and_load_give_the_same_logits(tmp_path, scheme: str) -> None:
+    quantized, _ = quantize_int8(_model(), scheme)
+    tensors = int8_tensors(quantized)
+    assert tensors["blocks.0.attn.qkv.weight"].dtype == torch.int8
+    save_file(tensors, str(tmp_path / "q.safetensors"))
+    loaded = load_int8(GPT(CFG), load_file(str(tmp_path / "q.safetensors")), scheme)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_ids()), quantized(_ids()), atol=0, rtol=0)
+
+
+def test_loading_weights_of_another_model_names_the_problem() -> None:
+    quantized, scheme = quantize_int8(_model())
+    tensors = int8_tensors(quantized)
+    del tensors["blocks.1.mlp.fc.weight_scale"]
+    with pytest.raises(CheckpointError, match=r"blocks.1.mlp.fc.weight_scale"):
+        load_int8(GPT(CFG), tensors, scheme)
+    tensors = int8_tensors(quantized)
+    tensors["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"unexpected.*extra\.weight"):
+        load_int8(GPT(CFG), tensors, scheme)
