@@ -49,6 +49,10 @@ class ModelConfig:
     ln_eps: float = param(1e-5, "LayerNorm epsilon")
     init_std: float = param(0.02, "standard deviation of the normal weight initialisation")
     type_vocab_size: int = param(2, "segment (token type) ids of a BERT; 0 for none")
+    head_size: int = param(
+        0, "width of one attention head; 0 means n_embd / n_head (pruned heads keep their width)"
+    )
+    mlp_hidden: int = param(0, "hidden width of the MLP; 0 means 4 * n_embd")
 
     def __post_init__(self) -> None:
         _require(
@@ -63,8 +67,10 @@ class ModelConfig:
         _require(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = take it from the data)")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _require(getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        _require(self.head_size >= 0, "model.head_size must be >= 0 (0 = n_embd / n_head)")
+        _require(self.mlp_hidden >= 0, "model.mlp_hidden must be >= 0 (0 = 4 * n_embd)")
         _require(
-            self.n_embd % self.n_head == 0,
+            self.head_size > 0 or self.n_embd % self.n_head == 0,
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
             f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}",
         )
@@ -86,7 +92,16 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """Width of the concatenated attention heads (n_embd unless heads were pruned)."""
+        return self.n_head * self.head_dim
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
 
     @property
     def kv_heads(self) -> int:

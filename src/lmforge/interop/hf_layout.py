@@ -149,6 +149,12 @@ def export_model_type(cfg: ModelConfig) -> str:
             f"cannot export grouped-query attention (n_kv_head={cfg.kv_heads}, "
             f"n_head={cfg.n_head}): GPT-2, GPT-NeoX and BERT need n_kv_head == n_head"
         )
+    if cfg.attn_width != cfg.n_embd or cfg.mlp_width != 4 * cfg.n_embd:
+        raise CheckpointError(
+            f"cannot export a structurally pruned model (attention width {cfg.attn_width}, MLP "
+            f"width {cfg.mlp_width}, n_embd {cfg.n_embd}): GPT-2, GPT-NeoX and BERT need "
+            "n_head * head size == n_embd and an MLP of 4 * n_embd"
+        )
     if cfg.arch == "bert":
         return "bert"
     return "gpt2" if cfg.pos_emb == "learned" else "gpt_neox"

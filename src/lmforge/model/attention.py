@@ -130,7 +130,7 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
         self.qkv = nn.Linear(cfg.n_embd, qkv_width, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.attn_width, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_projection = True
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -143,7 +143,7 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C); mask (B, 1, T, Tk) bool from padding_mask, or None for no padding."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
         heads, kv_heads, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, heads + 2 * kv_heads, D)  # (B, T, H + 2 Hkv, D)
         if rope is not None:
@@ -160,5 +160,5 @@ class Attention(nn.Module):
         else:
             gqa = {"enable_gqa": True} if heads != kv_heads else {}
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, heads * D)  # (B, T, H·D)
         return self.resid_dropout(self.proj(y))

@@ -141,8 +141,9 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N (matmuls) + 12·n_layer·n_embd·block_size (attention)."""
+        """Training FLOPs per token: 6N (matmuls) + 12·n_layer·(n_head·head_dim)·block_size
+        (attention)."""
         n = self.num_params(exclude_position_embedding=True)
         if not self.cfg.tie_weights:
             n -= self.tok_emb.weight.numel()  # an untied input embedding is a lookup, not a matmul
-        return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size
+        return 6 * n + 12 * self.cfg.n_layer * self.cfg.attn_width * self.cfg.block_size

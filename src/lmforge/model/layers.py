@@ -15,12 +15,12 @@ def layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: proj(gelu(fc(x))), width n_embd -> 4 n_embd -> n_embd."""
+    """Position-wise feed-forward: proj(gelu(fc(x))), n_embd -> mlp_width (4 n_embd) -> n_embd."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_projection = True  # scaled init, see init_weights
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(cfg.dropout)
