@@ -76,7 +76,6 @@ _FINETUNE_TRAIN_DEFAULTS = MappingProxyType(
         "beta2": 0.999,
         "eps": 1e-6,
         "best_metric": "val_accuracy",
-        "keep_last": 1,
     }
 )
 # derived from finetune.epochs, finetune.warmup_fraction and the data size
@@ -109,8 +108,8 @@ def load_finetune_config(
     fixed = [key for key in _DERIVED_TRAIN_KEYS if key in train]
     if fixed:
         raise ConfigError(
-            f"train.{fixed[0]} is derived when fine-tuning; set finetune.epochs and "
-            "finetune.warmup_fraction instead"
+            f"train.{fixed[0]} is set by the fine-tune itself (objective classify, lengths from "
+            "finetune.epochs, finetune.warmup_fraction and the data size); drop it"
         )
     if user.get("data"):
         raise ConfigError("data.* is not used when fine-tuning; give --train and --valid files")

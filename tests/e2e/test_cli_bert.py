@@ -303,7 +303,7 @@ def test_fine_tune_config_keeps_the_base_model_and_derived_keys(
     code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "model.n_layer=4")
     assert_user_error(code, capsys, "model.n_layer comes from the base run")
     code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "train.max_steps=4")
-    assert_user_error(code, capsys, "train.max_steps is derived", "finetune.epochs")
+    assert_user_error(code, capsys, "train.max_steps is set by the fine-tune", "finetune.epochs")
     code = _finetune(bert_run, train, dev, tmp_path / "x", "--set", "train.best_metric=val_ppl")
     assert_user_error(code, capsys, "not reported for objective classify", "val_macro_f1")
 

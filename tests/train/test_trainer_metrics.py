@@ -80,7 +80,7 @@ def test_finetune_config_takes_bert_paper_defaults_and_the_base_model() -> None:
     assert cfg.finetune.text_column == "review"
     with pytest.raises(ConfigError, match=r"model\.n_embd comes from the base run"):
         load_finetune_config(base, None, ["model.n_embd=64"], {})
-    with pytest.raises(ConfigError, match=r"train\.warmup_steps is derived"):
+    with pytest.raises(ConfigError, match=r"train\.warmup_steps is set by the fine-tune"):
         load_finetune_config(base, None, ["train.warmup_steps=3"], {})
     with pytest.raises(ConfigError, match="none or balanced"):
         load_finetune_config(base, None, [], {"class_weights": "inverse"})
