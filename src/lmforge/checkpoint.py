@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmforge.compress.quantize import QUANTIZATION_FILE, load_quantized
 from lmforge.config import RunConfig, from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.files import write_text_atomic
@@ -200,6 +201,8 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.
         raise CheckpointError(str(exc)) from None
     check_vocab(tokenizer, cfg, str(run_dir))
     model = build_model(cfg)
+    if (run_dir / QUANTIZATION_FILE).is_file():  # an int8 run made by `compress quantize`
+        return cfg, load_quantized(run_dir, model), tokenizer
     weights = run_dir / (MODEL_FILE if which == "latest" else f"{BEST_DIR}/{MODEL_FILE}")
     load_weights(model, weights)
     return cfg, model.eval(), tokenizer

@@ -1,5 +1,5 @@
-"""Plots people would rather look at than read: loss curves and confusion matrices (Agg backend,
-no display needed)."""
+"""Plots people would rather look at than read: loss curves, confusion matrices, loss by
+context position, compression reports (Agg backend, no display needed)."""
 
 import os
 import tempfile
@@ -53,6 +53,38 @@ def plot_confusion_matrix(
             for p in range(k):
                 color = "white" if dark[t, p] else "black"
                 ax.text(p, t, str(counts[t, p]), ha="center", va="center", color=color)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_position_loss(position_loss: Sequence[float], path: str | Path) -> None:
+    """Mean loss by position in the context window: how much more context helps."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(np.arange(1, len(position_loss) + 1), position_loss, color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens of context (position in the window + 1)")
+    ax.set_ylabel("mean cross-entropy (nats/token)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_compression_report(rows: Sequence[dict], path: str | Path) -> None:
+    """One bar chart per figure (size, parameters, quality, speed) across compressed runs."""
+    names = [Path(row["run"]).name for row in rows]
+    panels = [
+        ("size_mb", "weights on disk (MB)"),
+        ("parameters", "non-zero parameters"),
+        ("bits_per_byte", "bits per byte (lower is better)"),
+        ("decode_tokens_per_s", "greedy decoding (tokens/s)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), dpi=110)
+    colors = plt.cm.tab10(np.arange(len(rows)) % 10)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        ax.bar(names, [row[key] for row in rows], color=colors)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, Path(path))
 

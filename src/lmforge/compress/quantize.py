@@ -12,10 +12,14 @@ it has no model.safetensors, so nothing mistakes it for a float checkpoint.
 """
 
 import copy
+import json
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -96,7 +100,7 @@ def quantize_int8(model: nn.Module, scheme: str = "auto") -> tuple[nn.Module, st
     return quantized, scheme
 
 
-def _int8_parts(
+def int8_parts(
     module: nn.Module,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """(int8 weight, scales, bias) of a quantized linear layer; None for any other module."""
@@ -113,7 +117,7 @@ def int8_tensors(quantized: nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     prefixes = []
     for name, module in quantized.named_modules():
-        parts = _int8_parts(module)
+        parts = int8_parts(module)
         if parts is None:
             continue
         q, scale, bias = parts
@@ -160,11 +164,28 @@ def load_int8(float_model: nn.Module, tensors: dict[str, torch.Tensor], scheme: 
     return float_model.eval()
 
 
+def load_quantized(run_dir: Path, float_model: nn.Module) -> nn.Module:
+    """The int8 model of a quantized run directory, built on a float model of its config."""
+    try:
+        record = json.loads((run_dir / QUANTIZATION_FILE).read_text(encoding="utf-8"))
+        tensors = load_file(str(run_dir / QUANTIZED_WEIGHTS))
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            f"{run_dir} is a quantized run but lacks {Path(exc.filename).name}"
+        ) from None
+    except (json.JSONDecodeError, SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir}: quantized weights are corrupt ({exc})") from None
+    scheme = record.get("scheme")
+    if scheme not in SCHEMES:
+        raise CheckpointError(f"{run_dir}/{QUANTIZATION_FILE}: unknown scheme {scheme!r}")
+    return load_int8(float_model, tensors, scheme)
+
+
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes of the linear layers' weights (int8 values and their scales once quantized)."""
     total = 0
     for module in model.modules():
-        parts = _int8_parts(module)
+        parts = int8_parts(module)
         if parts is not None:
             total += parts[0].numel() + parts[1].numel() * parts[1].element_size()
         elif isinstance(module, nn.Linear):
@@ -174,4 +195,4 @@ def linear_weight_bytes(model: nn.Module) -> int:
 
 def quantized_layers(model: nn.Module) -> list[str]:
     """Names of the int8 linear layers of a model."""
-    return [name for name, m in model.named_modules() if _int8_parts(m) is not None]
+    return [name for name, m in model.named_modules() if int8_parts(m) is not None]
