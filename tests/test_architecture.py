@@ -34,6 +34,10 @@ FORBIDDEN = {
     "lmforge.evaluate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
     "lmforge.interop": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.files": ["lmforge."],
+    "lmforge.compress.prune": ["lmforge.jobs", "lmforge.cli", "lmforge.checkpoint"],
+    "lmforge.compress.quantize": ["lmforge.jobs", "lmforge.cli", "lmforge.checkpoint"],
+    "lmforge.compress.distill": ["lmforge.jobs", "lmforge.cli", "lmforge.checkpoint"],
+    "lmforge.compress.runs": ["lmforge.cli"],
     "lmforge.cli": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
     "lmforge.cli_train": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
 }

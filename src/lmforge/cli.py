@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmforge import jobs
+from lmforge.cli_eval import add_compress, add_evaluate, run_compress, run_evaluate
 from lmforge.cli_train import (
     add_finetune,
     add_predict,
@@ -29,6 +30,8 @@ EXAMPLES = """examples:
   lmforge generate runs/nano --prompt "The list type" --beams 4 --stop "\\n\\n"
   lmforge generate runs/nano --prompts-file prompts.txt --batch-size 8 --json
   lmforge evaluate runs/nano
+  lmforge evaluate runs/nano --text held-out.txt --stride 64 --json
+  lmforge compress quantize runs/nano --int8 --out runs/nano-q8
   lmforge prepare  --input builtin:python-docs --out data/bert --tokenizer wordpiece
   lmforge pretrain --config configs/bert-mini.yaml --data data/bert --out runs/bert
   lmforge finetune classify --base runs/bert --train train.tsv --valid dev.tsv --out runs/sst
@@ -122,18 +125,6 @@ def _add_interop(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
-def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser(
-        "evaluate",
-        help="perplexity of a run on a prepared split",
-        description="Loss and perplexity over a whole split of prepared data.",
-    )
-    p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--data", type=Path, help="data directory (default: the run's own)")
-    p.add_argument("--split", default="val", choices=["train", "val"])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -146,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare(verbs)
     add_pretrain(verbs, _config_keys_epilog())
     _add_generate(verbs)
-    _add_evaluate(verbs)
+    add_evaluate(verbs)
     add_finetune(verbs, _config_keys_epilog())
     add_predict(verbs)
     _add_interop(verbs)
+    add_compress(verbs)
     config = verbs.add_parser("config", help="show every config key with its default")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, help="show this file's resolved values")
@@ -221,21 +213,6 @@ def _run_generate(args: argparse.Namespace) -> None:
             sys.stdout.write("\n")
 
 
-def _run_evaluate(args: argparse.Namespace) -> None:
-    result = jobs.evaluate(args.run, args.data, args.split)
-    if args.json:
-        print(
-            json.dumps(
-                {"loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens}
-            )
-        )
-    else:
-        print(
-            f"{args.split}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "
-            f"over {result.tokens:,} tokens"
-        )
-
-
 def _run_interop(args: argparse.Namespace) -> None:
     if args.verb == "import":
         summary = jobs.import_hf(args.source, args.out, args.overwrite)
@@ -269,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "prepare": run_prepare,
         "pretrain": run_pretrain,
         "generate": _run_generate,
-        "evaluate": _run_evaluate,
+        "evaluate": run_evaluate,
+        "compress": run_compress,
         "finetune": run_finetune,
         "predict": run_predict,
         "import": _run_interop,

@@ -178,7 +178,14 @@ def encoder_metrics(model: torch.nn.Module, batches: Iterable[Batch]) -> dict[st
     return {"val_loss": metrics["val_mlm_loss"] + metrics.get("val_nsp_loss", 0.0), **metrics}
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume_from: Path | None,
+    objective: tuple[Objective, Evaluator | None] | None = None,
+) -> dict[str, Any]:
+    """Train cfg's model into run_dir; `objective` replaces train.objective's loss and eval
+    (distillation brings its teacher this way)."""
     shards, tokenizer = _open_data(cfg)
     device = choose_device(cfg.train.device)
     if device.type == "cpu":
@@ -189,14 +196,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume_from: Path | None) -> dict[str,
         ckpt.load_weights(model, resume_from / ckpt.MODEL_FILE)
     optimizer = build_optimizer(model, cfg.train)
     train_model = torch.compile(model) if cfg.train.compile else model
-    objective, metrics = _objective(cfg)
+    loss, metrics = objective or _objective(cfg)
     train_batch, val_batches = _batch_sources(cfg, shards, tokenizer)
     trainer = Trainer(
         train_model,
         optimizer,
         train_batch,
         cfg.train,
-        objective,
+        loss,
         val_batches,
         save=lambda state, best: ckpt.save_checkpoint(
             run_dir, model, state, best, cfg.train.keep_last

@@ -326,3 +326,22 @@ def test_sentence_pairs_fine_tune_and_predict_with_a_jsonl_file(
     assert first["text"] == rows[0]["first"]
     assert first["text_pair"] == rows[0]["second"]
     assert set(first["probabilities"]) == {"0", "1", "2"}
+
+
+def test_evaluate_classify_reports_the_metrics_of_a_labelled_file(
+    classifier_run: Path,
+    task_files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    _, dev = task_files
+    plot = tmp_path / "confusion.png"
+    args = ["evaluate", str(classifier_run), "--classify", str(dev), "--plot", str(plot)]
+    assert main([*args, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["accuracy"] >= 0.9
+    assert sum(map(sum, record["confusion_matrix"])) == 40
+    assert set(record) >= {"macro_precision", "macro_recall", "macro_f1", "labels"}
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(args) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +14,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge import checkpoint as ckpt
+from lmforge import jobs
+from lmforge.compress.distill import check_distillation, distillation_objective
 from lmforge.compress.prune import (
     magnitude_prune,
     make_permanent,
@@ -29,16 +33,17 @@ from lmforge.compress.quantize import (
     quantize_int8,
     quantized_layers,
 )
-from lmforge.config import RunConfig, SamplingConfig
+from lmforge.config import RunConfig, SamplingConfig, load_config
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.shards import TokenShards
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.evaluate import score_text
-from lmforge.files import staged_directory, write_text_atomic
+from lmforge.files import check_output_dir, staged_directory, write_text_atomic
 from lmforge.generate import generate_tokens, require_causal_lm
 from lmforge.plots import plot_compression_report
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss
+from lmforge.train.runtime import choose_device
 
 log = logging.getLogger(__name__)
 PRUNING_FILE = "pruning.json"
@@ -234,3 +239,64 @@ def compress_report(
     plot.parent.mkdir(parents=True, exist_ok=True)
     plot_compression_report(rows, plot)
     return rows
+
+
+# ---------------------------------------------------------------- distill
+
+
+def _student_config(
+    student_config: Path, sets: list[str], data_dir: Path, teacher_vocab: int
+) -> RunConfig:
+    cfg = load_config(student_config, [*sets, f"data.dir={data_dir}"])
+    if cfg.model.arch != "gpt" or cfg.train.objective != "clm":
+        raise ConfigError("distillation trains a causal GPT student (model.arch=gpt, clm)")
+    if cfg.model.vocab_size not in (0, teacher_vocab):
+        raise ConfigError(
+            f"student model.vocab_size={cfg.model.vocab_size} but the teacher's tokenizer has "
+            f"{teacher_vocab} tokens; teacher and student share one tokenizer (drop the key)"
+        )
+    return replace(cfg, model=replace(cfg.model, vocab_size=teacher_vocab))
+
+
+def _student_metrics(model: nn.Module, batches: Any) -> dict[str, float]:
+    """The student's plain next-token loss on validation batches, comparable to any run's."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        losses = [clm_loss(model, batch.to(device)).item() for batch in batches]
+    model.train(was_training)
+    loss = sum(losses) / max(len(losses), 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700))}
+
+
+def distill_run(
+    teacher_dir: Path,
+    student_config: Path,
+    data_dir: Path,
+    out: Path,
+    sets: list[str],
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Pretrain a student on data_dir with the distillation loss against a teacher run."""
+    check_distillation(temperature, alpha)
+    _, teacher, tokenizer = ckpt.load_run(teacher_dir)
+    require_causal_lm(teacher)
+    data_tokenizer = data_dir / ckpt.TOKENIZER_FILE
+    if not data_tokenizer.is_file():
+        raise DataError(f"{data_dir} is not a prepared data directory (no tokenizer.json)")
+    if Tokenizer.load(data_tokenizer).sha256() != tokenizer.sha256():
+        raise DataError(
+            f"teacher and student must share the tokenizer, but {data_dir} was prepared with "
+            f"another one; prepare it with --tokenizer-file {teacher_dir / ckpt.TOKENIZER_FILE}"
+        )
+    cfg = _student_config(student_config, sets, data_dir, tokenizer.vocab_size)
+    check_output_dir(out, overwrite)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    teacher.to(choose_device(cfg.train.device))
+    objective = distillation_objective(teacher, temperature, alpha)
+    summary = jobs._train(cfg, out, None, objective=(objective, _student_metrics))
+    return {**summary, "temperature": temperature, "alpha": alpha}
