@@ -15,7 +15,7 @@ fine-tuning on a real text-classification task, each next to a simple baseline.
    scipy, matplotlib, scikit-learn and torch (read with `ast`, nothing imported; test suites
    skipped; 4 to 64 words). Whole source files go to train or test (about 1 in 5 files to
    test), so no file contributes to both sides; texts seen on the training side are dropped
-   from test, and every class is capped (train 1000, test 250). None of these packages is in
+   from test, and every class is capped (train 600, test 200). None of these packages is in
    the pretraining corpus (builtin:python-docs skips site-packages).
 4. Fine-tune with `finetune classify` (lr --ft-lr, --ft-epochs, BERT-paper linear schedule,
    10% warmup, best epoch kept) and compare test accuracy and macro-F1 with TF-IDF (word 1-2
@@ -152,7 +152,7 @@ def docstring_summaries(package: str) -> list[tuple[str, str]]:
 
 
 def build_task(
-    seed: int, train_cap: int = 1000, test_cap: int = 250
+    seed: int, train_cap: int = 600, test_cap: int = 200
 ) -> tuple[list[dict], list[dict]]:
     """Train/test rows {"text", "label"}, split by source file, capped per class."""
     rng = random.Random(seed)
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-bert"))
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--ft-lr", type=float, default=1e-4)
-    parser.add_argument("--ft-epochs", type=float, default=4.0)
+    parser.add_argument("--ft-epochs", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
     if not 0 < args.minutes <= 15:
