@@ -86,12 +86,12 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
     p = verbs.add_parser(
         "finetune",
         help="fine-tune a run as a sequence classifier",
-        description="Fine-tune a pretrained BERT (pooled [CLS]) or GPT (last real token) run on "
-        "labelled text (.csv, .tsv as GLUE ships it, or .jsonl). Defaults follow the BERT paper: "
-        "AdamW, lr 5e-5, 3 epochs, 10%% warmup then linear decay; it evaluates after every "
-        "epoch and keeps the best epoch's weights (train.best_metric, default val_accuracy; "
-        "train.patience stops early). Change them with --set, e.g. --set train.lr=3e-5 "
-        "--set finetune.epochs=4 --set train.best_metric=val_macro_f1 --set train.patience=2.",
+        description="Fine-tune a pretrained BERT (pooled [CLS]) or GPT (last real token) run on\n"
+        "labelled text: .csv, .tsv as GLUE ships it, or .jsonl. Defaults follow the BERT paper:\n"
+        "AdamW, lr 5e-5, 3 epochs, 10% warmup then linear decay. It evaluates after every\n"
+        "epoch and keeps the best epoch's weights (train.best_metric, default val_accuracy;\n"
+        "train.patience > 0 stops early). Change them with --set, e.g. --set train.lr=3e-5\n"
+        "--set finetune.epochs=4 --set train.best_metric=val_macro_f1 --set train.patience=2",
         epilog=config_keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
