@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.errors import LMForgeError
+from lmforge.errors import DataError, LMForgeError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -21,6 +21,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """A user's UTF-8 text file; a missing, unreadable or non-UTF-8 file is a DataError that
+    says which (`what` names the file's role, e.g. "prompts file")."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte offset {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

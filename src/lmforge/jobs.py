@@ -19,6 +19,7 @@ from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards, replace_directory, write_shards
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.evaluate import Perplexity, split_perplexity
+from lmforge.files import check_output_dir, read_utf8
 from lmforge.finetune import PredictOptions, classify_config, finetune_classify
 from lmforge.finetune import predict as predict_file
 from lmforge.generate import generate as generate_completions
@@ -32,17 +33,6 @@ from lmforge.train.trainer import Evaluator, Objective, Trainer
 
 log = logging.getLogger(__name__)
 VAL_SEED_KEY = 1  # val batches draw from (seed, 1, i); train batches from (seed, 0, step, micro)
-
-
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a non-empty directory unless the user said --overwrite."""
-    if out.exists() and not out.is_dir():
-        raise LMForgeError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise LMForgeError(
-            f"output directory {out} exists and is not empty; choose another --out or pass "
-            "--overwrite to replace it"
-        )
 
 
 # ---------------------------------------------------------------- prepare
@@ -323,14 +313,7 @@ def generate(
 
 def read_prompts(path: Path) -> list[str]:
     """The prompts of a UTF-8 text file, one per line; blank lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"prompts file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte offset {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"cannot read prompts file {path}: {exc.strerror}") from None
+    text = read_utf8(path, "prompts file")
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise DataError(f"{path} holds no prompts; write one prompt per line")

@@ -38,7 +38,7 @@ from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.shards import TokenShards
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.evaluate import score_text
-from lmforge.files import check_output_dir, staged_directory, write_text_atomic
+from lmforge.files import check_output_dir, read_utf8, staged_directory, write_text_atomic
 from lmforge.generate import generate_tokens, require_causal_lm
 from lmforge.plots import plot_compression_report
 from lmforge.tokenizer import Tokenizer
@@ -217,12 +217,7 @@ def report_row(run_dir: Path, text: str, stride: int | None = None) -> dict[str,
 
 def read_text(path: Path) -> str:
     """A UTF-8 text file to score, with the usual clear errors."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"text file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte offset {exc.start})") from None
+    text = read_utf8(path, "text file")
     if not text.strip():
         raise DataError(f"{path} is empty; give a held-out text to score")
     return text
