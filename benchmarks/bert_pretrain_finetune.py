@@ -202,6 +202,7 @@ def finetune(base: Path, train: Path, test: Path, out: Path, args: argparse.Name
     sets = [
         f"train.lr={args.ft_lr}",
         f"finetune.epochs={args.ft_epochs}",
+        "model.dropout=0.1",  # BERT's fine-tuning dropout (pretraining ran without)
         f"train.seed={args.seed}",
         "train.progress=false",
     ]
