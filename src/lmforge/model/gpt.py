@@ -30,6 +30,22 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def packed_positions_and_mask(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows of packed examples (segments (B, T): 1, 1, 2, 2, 2, 0 ...): each token's position
+    within its example (B, T) and the mask (B, 1, T, T) of earlier tokens of the same example."""
+    T = segments.shape[1]
+    index = torch.arange(T, device=segments.device)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # start of each token's example
+    same = segments[:, :, None] == segments[:, None, :]  # (B, Tq, Tk)
+    causal = index[None, :, None] >= index[None, None, :]
+    mask = (same & causal & (segments[:, None, :] > 0)) | torch.eye(
+        T, dtype=torch.bool, device=segments.device
+    )
+    return index - first, mask[:, None]
+
+
 class GPT(nn.Module):
     """Token (+ position) embedding -> Block × n_layer -> ln_f -> lm_head; returns logits."""
 
@@ -60,14 +76,17 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given.
 
         attention_mask (B, T) marks real tokens (True/1) and padding (False/0) among idx, e.g.
-        for left-padded prompts; position ids then count real tokens only. logits_to_keep > 0
-        computes logits for the last that many positions only (generation needs one).
+        for left-padded prompts; position ids then count real tokens only. segments (B, T)
+        numbers the examples packed into a row (1, 2, ...; 0 is padding): a token attends only
+        within its own example, whose positions start again at 0. logits_to_keep > 0 computes
+        logits for the last that many positions only (generation needs one).
         """
-        x = self.encode(idx, kv_cache, attention_mask)
+        x = self.encode(idx, kv_cache, attention_mask, segments)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.lm_head(x)  # (B, T | logits_to_keep, V)
@@ -77,6 +96,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, C), after ln_f: what the head and task heads read."""
         T = idx.shape[1]
@@ -86,7 +106,12 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size} "
                 "(model.block_size); crop the input"
             )
-        positions, mask = self._positions_and_mask(idx, start, kv_cache, attention_mask)
+        if segments is not None:
+            if kv_cache is not None or attention_mask is not None:
+                raise LMForgeError("packed segments take neither a KV cache nor a padding mask")
+            positions, mask = packed_positions_and_mask(segments.to(idx.device))
+        else:
+            positions, mask = self._positions_and_mask(idx, start, kv_cache, attention_mask)
         x = self.tok_emb(idx)  # (B, T, C)
         rope = None
         if self.pos_emb is not None:
