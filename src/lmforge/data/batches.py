@@ -19,6 +19,7 @@ class Batch:
     token_types: torch.Tensor | None = None  # (B, T) segment ids: 0 for sentence A, 1 for B
     attention_mask: torch.Tensor | None = None  # (B, T) bool, True on real (non-padding) tokens
     labels: torch.Tensor | None = None  # (B,) one label per sequence: NSP or class id
+    segments: torch.Tensor | None = None  # (B, T) packed example number (1, 2, ...), 0 = padding
 
     def to(self, device: torch.device | str) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
@@ -33,6 +34,8 @@ class Batch:
         """Tokens in the batch, padding excluded."""
         if self.attention_mask is not None:
             return int(self.attention_mask.sum())
+        if self.segments is not None:
+            return int((self.segments > 0).sum())
         return self.inputs.numel()
 
 
