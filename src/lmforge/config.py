@@ -241,6 +241,30 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LoRAConfig:
+    """Low-rank adapters for fine-tuning (`--lora-r` and friends); r = 0 trains every weight."""
+
+    r: int = param(0, "LoRA rank; 0 fine-tunes all weights instead (8 is typical)")
+    alpha: float = param(16.0, "scale of the update: (alpha / r) · B A")
+    dropout: float = param(0.0, "dropout on the adapters' input")
+    targets: str = param(
+        "q,k,v,o",
+        "layers to adapt, comma-separated: q, k, v (our fused qkv), o, fc, down, mlp, or "
+        "module-name patterns such as blocks.*.mlp.fc",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 0, "lora.r must be >= 0 (0 = no adapters)")
+        _require(self.alpha > 0, "lora.alpha must be > 0")
+        _require(0 <= self.dropout < 1, "lora.dropout must be in [0, 1)")
+        _require(bool(self.target_list), "lora.targets must name at least one layer")
+
+    @property
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
     """Everything a training run needs; written resolved to the run's config.json."""
 
@@ -248,6 +272,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self) -> None:
         # clm on a bert stays readable (imported BERTs carry the default train section);
