@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge import checkpoint as ckpt
+from lmforge.adapters import is_adapter_run
 from lmforge.config import ModelConfig, RunConfig
 from lmforge.errors import CheckpointError
 from lmforge.files import staged_directory, write_text_atomic
@@ -251,8 +252,8 @@ def _convert_to_theirs(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     return theirs
 
 
-def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """An lmforge run directory -> a directory `transformers` loads with from_pretrained offline."""
+def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
+    """Write a (non-adapter) run's model, config and tokenizer files into an existing directory."""
     cfg, model, tokenizer = ckpt.load_run(run_dir)
     model_type = export_model_type(cfg.model)
     theirs = _convert_to_theirs(ckpt.clean_state_dict(model), cfg.model)
@@ -260,13 +261,27 @@ def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, An
     generation = {f"{k}_token_id": v for k, v in ids.items()}
     if "eos" in ids:
         generation["pad_token_id"] = ids["eos"]
+    write_text_atomic(directory / "config.json", json.dumps(config_to_hf(cfg.model, ids), indent=2))
+    save_file(theirs, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(directory / "tokenizer.json")
+    for name, content in tokenizer_configs(tokenizer, cfg.model.block_size).items():
+        write_text_atomic(directory / name, json.dumps(content, indent=2))
+    if cfg.model.arch == "gpt":
+        write_text_atomic(directory / "generation_config.json", json.dumps(generation, indent=2))
+    return {"architecture": model_type, "params": model.num_params()}
+
+
+def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """An lmforge run directory -> a directory `transformers` loads with from_pretrained offline.
+
+    An adapter run exports its base here and its un-merged LoRA as a PEFT adapter in
+    `out/adapter/` (see interop/peft.py).
+    """
+    if is_adapter_run(Path(run_dir)):
+        from lmforge.interop.peft import export_peft_adapter  # peft.py builds on this module
+
+        return export_peft_adapter(run_dir, out, overwrite)
     with staged_directory(out, overwrite) as tmp:
-        write_text_atomic(tmp / "config.json", json.dumps(config_to_hf(cfg.model, ids), indent=2))
-        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save(tmp / "tokenizer.json")
-        for name, content in tokenizer_configs(tokenizer, cfg.model.block_size).items():
-            write_text_atomic(tmp / name, json.dumps(content, indent=2))
-        if cfg.model.arch == "gpt":
-            write_text_atomic(tmp / "generation_config.json", json.dumps(generation, indent=2))
-    log.info("exported %s as %s into %s", run_dir, model_type, out)
-    return {"out": str(out), "architecture": model_type, "params": model.num_params()}
+        summary = write_hf_model(Path(run_dir), tmp)
+    log.info("exported %s as %s into %s", run_dir, summary["architecture"], out)
+    return {"out": str(out), **summary}
