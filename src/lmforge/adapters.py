@@ -37,22 +37,31 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_adapter(
-    run_dir: Path, model: nn.Module, base_run: Path, settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Write the adapter of a LoRA-wrapped model; settings: r, alpha, dropout, layers, heads."""
-    record = {
+def adapter_record(base_run: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """adapter_config.json's content; settings: r, alpha, dropout, layers, heads."""
+    return {
         "format": "lmforge-lora",
         **settings,
         "base_run": str(Path(base_run).resolve()),
         "base_sha256": weights_sha256(Path(base_run) / MODEL_FILE),
     }
+
+
+def write_adapter_config(run_dir: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(Path(run_dir) / ADAPTER_CONFIG, json.dumps(record, indent=2))
+
+
+def save_adapter(
+    run_dir: Path, model: nn.Module, base_run: Path, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the adapter of a LoRA-wrapped model and its adapter_config.json."""
+    record = adapter_record(base_run, settings)
     tensors = {name: t.contiguous() for name, t in adapter_state_dict(model).items()}
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{ADAPTER_FILE}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(run_dir / ADAPTER_FILE)
-    write_text_atomic(run_dir / ADAPTER_CONFIG, json.dumps(record, indent=2))
+    write_adapter_config(run_dir, record)
     return record
 
 

@@ -15,11 +15,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmforge.adapters import (
+    ADAPTER_FILE,
+    attach_adapter,
+    check_base,
+    is_adapter_run,
+    read_adapter_config,
+)
 from lmforge.compress.quantize import QUANTIZATION_FILE, load_quantized
 from lmforge.config import RunConfig, from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.files import write_text_atomic
 from lmforge.model import BERT, GPT
+from lmforge.model.lora import adapter_state_dict, lora_layers
 from lmforge.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -61,10 +69,26 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def weights_name(model: nn.Module) -> str:
+    """adapter.safetensors for a model with LoRA adapters (only they train), else
+    model.safetensors."""
+    return ADAPTER_FILE if lora_layers(unwrap(model)) else MODEL_FILE
+
+
+def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: every weight, or only the trainable ones of an adapter run."""
+    if lora_layers(unwrap(model)):
+        return {
+            _strip_wrapper_prefixes(k): v.to("cpu").contiguous()
+            for k, v in adapter_state_dict(model).items()
+        }
+    return clean_state_dict(model)
+
+
 def save_weights(model: nn.Module, path: Path, step: int = 0) -> None:
-    """model.safetensors, atomically."""
+    """The weights (see weights_to_save) as safetensors, atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(clean_state_dict(model), str(tmp), metadata={"format": "pt", "step": str(step)})
+    save_file(weights_to_save(model), str(tmp), metadata={"format": "pt", "step": str(step)})
     os.replace(tmp, path)
 
 
@@ -78,7 +102,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise CheckpointError(
             f"{path} is truncated or corrupt ({exc}); use another checkpoint"
         ) from None
-    expected = clean_state_dict(model)
+    expected = weights_to_save(model)
     for name, tensor in expected.items():
         if name not in tensors:
             raise CheckpointError(f"{path} lacks tensor {name}; was it saved by another model?")
@@ -120,7 +144,8 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / STATE_DIR).mkdir(parents=True)
-    save_weights(model, tmp / MODEL_FILE, step)
+    weights = weights_name(model)
+    save_weights(model, tmp / weights, step)
     torch.save(trainer_state, tmp / STATE_DIR / STATE_FILE)
     write_text_atomic(tmp / STATE_DIR / "state.json", json.dumps(trainer_state["state"], indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -128,10 +153,10 @@ def save_checkpoint(
     (run_dir / STATE_DIR).mkdir(exist_ok=True)
     for name in (STATE_FILE, "state.json"):
         _link_or_copy(final / STATE_DIR / name, run_dir / STATE_DIR / name)
-    _link_or_copy(final / MODEL_FILE, run_dir / MODEL_FILE)
+    _link_or_copy(final / weights, run_dir / weights)
     if is_best:
         (run_dir / BEST_DIR).mkdir(exist_ok=True)
-        _link_or_copy(final / MODEL_FILE, run_dir / BEST_DIR / MODEL_FILE)
+        _link_or_copy(final / weights, run_dir / BEST_DIR / weights)
         _link_or_copy(final / STATE_DIR / "state.json", run_dir / BEST_DIR / "state.json")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -200,6 +225,11 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.
     except LMForgeError as exc:
         raise CheckpointError(str(exc)) from None
     check_vocab(tokenizer, cfg, str(run_dir))
+    if is_adapter_run(run_dir):  # LoRA adapters over a base run
+        record = read_adapter_config(run_dir)
+        _, model, _ = load_run(check_base(run_dir, record))
+        where = run_dir if which == "latest" else run_dir / BEST_DIR
+        return cfg, attach_adapter(model, where, record), tokenizer
     model = build_model(cfg)
     if (run_dir / QUANTIZATION_FILE).is_file():  # an int8 run made by `compress quantize`
         return cfg, load_quantized(run_dir, model), tokenizer

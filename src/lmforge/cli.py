@@ -9,12 +9,11 @@ from pathlib import Path
 
 from lmforge import jobs
 from lmforge.cli_eval import add_compress, add_evaluate, run_compress, run_evaluate
+from lmforge.cli_finetune import add_finetune, add_lora, run_finetune, run_lora
 from lmforge.cli_train import (
-    add_finetune,
     add_predict,
     add_prepare,
     add_pretrain,
-    run_finetune,
     run_predict,
     run_prepare,
     run_pretrain,
@@ -142,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict(verbs)
     _add_interop(verbs)
     add_compress(verbs)
+    add_lora(verbs)
     config = verbs.add_parser("config", help="show every config key with its default")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, help="show this file's resolved values")
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": _run_generate,
         "evaluate": run_evaluate,
         "compress": run_compress,
+        "lora": run_lora,
         "finetune": run_finetune,
         "predict": run_predict,
         "import": _run_interop,

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmforge import eval_jobs, jobs
+from lmforge import eval_jobs, finetune_lm, jobs
+from lmforge.cli_finetune import print_sft_scores
 from lmforge.compress import runs
 
 COMPRESS_EXAMPLES = """examples:
@@ -34,6 +35,12 @@ def add_evaluate(verbs: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--classify", type=Path, metavar="FILE", help="labelled CSV/TSV/JSONL for a classifier"
     )
+    source.add_argument(
+        "--sft",
+        type=Path,
+        metavar="FILE",
+        help="JSONL prompt/completion pairs: greedy generation scored by exact match, BLEU, chrF",
+    )
     p.add_argument("--split", default="val", choices=["train", "val"], help="with --data")
     p.add_argument(
         "--stride",
@@ -55,6 +62,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.text is not None:
         score, plot = eval_jobs.evaluate_text(args.run, args.text, args.stride, args.plot)
         _print_record(args, score.as_dict(), _text_line(score.as_dict(), plot))
+    elif args.sft is not None:
+        print_sft_scores(finetune_lm.evaluate_sft(args.run, args.sft), args.json)
     elif args.classify is not None:
         result = eval_jobs.evaluate_classifier(args.run, args.classify, args.batch_size, args.plot)
         metrics = result["metrics"]

@@ -81,44 +81,6 @@ def add_pretrain(verbs: argparse._SubParsersAction, config_keys: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
-def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
-    """`lmforge finetune classify`; config_keys is the epilog listing every config key."""
-    p = verbs.add_parser(
-        "finetune",
-        help="fine-tune a run as a sequence classifier",
-        description="Fine-tune a pretrained BERT (pooled [CLS]) or GPT (last real token) run on\n"
-        "labelled text: .csv, .tsv as GLUE ships it, or .jsonl. Defaults follow the BERT paper:\n"
-        "AdamW, lr 5e-5, 3 epochs, 10% warmup then linear decay. It evaluates after every\n"
-        "epoch and keeps the best epoch's weights (train.best_metric, default val_accuracy;\n"
-        "train.patience > 0 stops early). Change them with --set, e.g. --set train.lr=3e-5\n"
-        "--set finetune.epochs=4 --set train.best_metric=val_macro_f1 --set train.patience=2",
-        epilog=config_keys,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("task", choices=["classify"], help="classify: one label per text (or pair)")
-    p.add_argument("--base", type=Path, required=True, metavar="RUN", help="pretrained run")
-    p.add_argument("--train", type=Path, required=True, metavar="FILE", help="training examples")
-    p.add_argument("--valid", type=Path, required=True, metavar="FILE", help="validation examples")
-    p.add_argument("--text-column", help="column with the text (default: sentence)")
-    p.add_argument("--text-pair-column", help="column with the second text of pair tasks")
-    p.add_argument("--label-column", help="column with the label (default: label)")
-    p.add_argument(
-        "--class-weights",
-        choices=["none", "balanced"],
-        help="balanced weighs each class's loss by n / (classes · count): for imbalanced data",
-    )
-    p.add_argument("--out", type=Path, required=True, help="run directory to create")
-    p.add_argument("--config", type=Path, help="YAML/JSON/TOML config (train.*, finetune.*)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=3e-5 (repeatable)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-
-
 def add_predict(verbs: argparse._SubParsersAction) -> None:
     """`lmforge predict`."""
     p = verbs.add_parser(
@@ -135,33 +97,6 @@ def add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", help="gold labels: also report accuracy and macro-F1")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-
-
-def run_finetune(args: argparse.Namespace) -> None:
-    """Fine-tune, then print the best epoch's report and confusion matrix."""
-    flags = {
-        "train_file": str(args.train),
-        "valid_file": str(args.valid),
-        "text_column": args.text_column,
-        "text_pair_column": args.text_pair_column,
-        "label_column": args.label_column,
-        "class_weights": args.class_weights,
-    }
-    inputs = {key: value for key, value in flags.items() if value is not None}
-    summary = jobs.finetune(args.base, args.config, args.set, inputs, args.out, args.overwrite)
-    metrics = summary["metrics"]
-    print(
-        f"fine-tuned {summary['steps']} steps ({summary['epochs']} epochs) on "
-        f"{summary['train_examples']} examples -> {summary['run_dir']}"
-    )
-    print(
-        f"best epoch {summary['best_epoch']} by {summary['best_metric']}: accuracy "
-        f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on "
-        f"{summary['valid_examples']} validation examples"
-    )
-    print(summary["report"])
-    print(summary["confusion_matrix"])
-    print(f"confusion matrix plot: {summary['confusion_plot']}")
 
 
 def run_predict(args: argparse.Namespace) -> None:

@@ -215,7 +215,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FinetuneConfig:
-    """A classification fine-tune: its inputs, length in epochs and head (`finetune classify`)."""
+    """A fine-tune: its inputs, and for `finetune classify` its epochs and head."""
 
     base: str = param("", "the run directory whose model was fine-tuned")
     train_file: str = param("", "training examples (.csv, .tsv or .jsonl)")
@@ -229,9 +229,16 @@ class FinetuneConfig:
         "none", "none, or balanced: weight each class's loss by n / (classes · count of class)"
     )
     dropout: float = param(0.1, "dropout before the classifier layer")
+    freeze_layers: int = param(0, "finetune lm/sft: keep the first N blocks frozen")
+    freeze_embeddings: bool = param(False, "finetune lm/sft: keep the embeddings frozen")
+    pack: bool = param(
+        True, "finetune sft: pack short examples into full rows (attention stays inside each)"
+    )
+    skip_bad_lines: bool = param(False, "finetune sft: skip (and count) malformed JSONL lines")
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "finetune.epochs must be > 0")
+        _require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
         _require(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction must be in [0, 1)")
         _require(
             self.class_weights in ("none", "balanced"),

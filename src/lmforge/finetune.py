@@ -51,6 +51,7 @@ from lmforge.evaluate import (
 )
 from lmforge.files import check_output_dir, staged_directory, write_text_atomic
 from lmforge.model.heads import SequenceClassifier
+from lmforge.model.lora import add_lora, trainable_share
 from lmforge.plots import plot_confusion_matrix
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import classification_loss
@@ -117,6 +118,7 @@ def load_finetune_config(
         "model": {**to_dict(base_model), **model},
         "train": {**_FINETUNE_TRAIN_DEFAULTS, **train},
         "finetune": {**(user.get("finetune") or {}), **finetune},
+        "lora": user.get("lora") or {},
     }
     return from_dict(RunConfig, data)
 
@@ -228,7 +230,22 @@ def _classifier(cfg: RunConfig, n_classes: int, tokenizer: Tokenizer) -> Sequenc
     ckpt.check_vocab(tokenizer, cfg, cfg.finetune.base)
     body = ckpt.build_model(cfg)
     ckpt.load_weights(body, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
-    return SequenceClassifier(body, n_classes, cfg.finetune.dropout)
+    return _with_adapters(cfg, SequenceClassifier(body, n_classes, cfg.finetune.dropout))
+
+
+def _with_adapters(cfg: RunConfig, model: SequenceClassifier) -> SequenceClassifier:
+    """With lora.r > 0: LoRA on the body's target layers; they and the classifier train."""
+    if cfg.lora.r:
+        lora = cfg.lora
+        add_lora(model, lora.target_list, lora.r, lora.alpha, lora.dropout, ("classifier",))
+        trainable, total = trainable_share(model)
+        log.info(
+            "LoRA: %s of %s parameters train (%.2f%%)",
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / total,
+        )
+    return model
 
 
 def finetune_classify(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
@@ -340,7 +357,10 @@ def load_classifier(
     tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER_FILE)
     ckpt.check_vocab(tokenizer, cfg, str(run_dir))
     labels = load_label_map(run_dir / LABELS_FILE)
-    model = SequenceClassifier(ckpt.build_model(cfg), len(labels), cfg.finetune.dropout)
+    body = ckpt.build_model(cfg)
+    if cfg.lora.r:  # the run holds adapters and the head; the body comes from the base run
+        ckpt.load_weights(body, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
+    model = _with_adapters(cfg, SequenceClassifier(body, len(labels), cfg.finetune.dropout))
     ckpt.load_weights(model, run_dir / ckpt.MODEL_FILE)
     return cfg, model.eval(), tokenizer, labels
 

@@ -168,26 +168,44 @@ def encoder_metrics(model: torch.nn.Module, batches: Iterable[Batch]) -> dict[st
     return {"val_loss": metrics["val_mlm_loss"] + metrics.get("val_nsp_loss", 0.0), **metrics}
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingPlan:
+    """What a fine-tune changes in _train: its loss and eval, its batches, its starting model."""
+
+    objective: tuple[Objective, Evaluator | None] | None = None
+    sources: tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]] | None = None
+    tokenizer: Tokenizer | None = None
+    init: Callable[[torch.nn.Module], None] | None = None  # e.g. base weights, freezing, LoRA
+
+
 def _train(
     cfg: RunConfig,
     run_dir: Path,
     resume_from: Path | None,
     objective: tuple[Objective, Evaluator | None] | None = None,
+    plan: TrainingPlan | None = None,
 ) -> dict[str, Any]:
     """Train cfg's model into run_dir; `objective` replaces train.objective's loss and eval
-    (distillation brings its teacher this way)."""
-    shards, tokenizer = _open_data(cfg)
+    (distillation brings its teacher this way), `plan` whatever else a fine-tune changes."""
+    plan = plan or TrainingPlan(objective=objective)
+    if plan.sources is None:
+        shards, tokenizer = _open_data(cfg)
+        train_batch, val_batches = _batch_sources(cfg, shards, tokenizer)
+    else:
+        (train_batch, val_batches), tokenizer = plan.sources, plan.tokenizer
     device = choose_device(cfg.train.device)
     if device.type == "cpu":
         keep_freed_memory()
     seed_everything(cfg.train.seed)
-    model = ckpt.build_model(cfg).to(device)
+    model = ckpt.build_model(cfg)
+    if plan.init is not None:
+        plan.init(model)
+    model = model.to(device)
     if resume_from is not None:
-        ckpt.load_weights(model, resume_from / ckpt.MODEL_FILE)
+        ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
     optimizer = build_optimizer(model, cfg.train)
     train_model = torch.compile(model) if cfg.train.compile else model
-    loss, metrics = objective or _objective(cfg)
-    train_batch, val_batches = _batch_sources(cfg, shards, tokenizer)
+    loss, metrics = plan.objective or _objective(cfg)
     trainer = Trainer(
         train_model,
         optimizer,

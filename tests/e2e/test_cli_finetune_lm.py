@@ -1,0 +1,143 @@
+"""finetune sft / lm with and without LoRA, lora merge, evaluate --sft, and their bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge import checkpoint as ckpt
+from lmforge.cli import main
+
+from .conftest import assert_user_error
+
+STEPS = ["train.max_steps=30", "train.eval_interval=15", "train.checkpoint_interval=15"]
+STEPS += ["train.batch_size=8", "train.progress=false", "train.warmup_steps=2", "train.lr=3e-3"]
+
+
+def _sets(*extra: str) -> list[str]:
+    return [x for s in (*STEPS, *extra) for x in ("--set", s)]
+
+
+def _pairs(path: Path, numbers: range) -> Path:
+    lines = [
+        json.dumps({"prompt": f"Paragraph {i}:", "completion": f" the cat sat on the mat {i % 7}."})
+        for i in numbers
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sft")
+    return _pairs(root / "train.jsonl", range(0, 200)), _pairs(
+        root / "valid.jsonl", range(200, 216)
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_run(trained_run: Path, sft_files: tuple[Path, Path], tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "sft"
+    train, valid = sft_files
+    args = ["finetune", "sft", "--base", str(trained_run), "--train", str(train)]
+    args += ["--valid", str(valid), "--out", str(out), "--lora-r", "4", "--lora-alpha", "8"]
+    assert main([*args, *_sets()]) == 0
+    return out
+
+
+def test_lora_sft_writes_a_small_adapter_run_that_generates(
+    lora_run: Path, trained_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (lora_run / "adapter.safetensors").is_file()
+    assert not (lora_run / "model.safetensors").exists()
+    record = json.loads((lora_run / "adapter_config.json").read_text())
+    assert record["r"] == 4
+    assert len(record["layers"]) == 4  # qkv and proj of two blocks
+    small, full = (
+        (lora_run / "adapter.safetensors").stat().st_size,
+        (trained_run / "model.safetensors").stat().st_size,
+    )
+    assert small < full / 3
+    records = [json.loads(x) for x in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert val[-1] < val[0]
+    args = ["generate", str(lora_run), "--prompt", "Paragraph 3:", "--temperature", "0"]
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_merged_adapters_give_the_adapter_runs_logits(
+    lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    merged = tmp_path / "merged"
+    assert main(["lora", "merge", str(lora_run), "--out", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file()
+    _, adapted, tokenizer = ckpt.load_run(lora_run)
+    _, plain, _ = ckpt.load_run(merged)
+    ids = torch.tensor([tokenizer.encode("Paragraph 12: the cat sat")])
+    with torch.no_grad():
+        assert float((adapted(ids) - plain(ids)).abs().max()) <= 1e-5
+
+
+def test_evaluate_sft_scores_generation(
+    lora_run: Path, sft_files: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    _, valid = sft_files
+    assert main(["evaluate", str(lora_run), "--sft", str(valid), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["examples"] == 16
+    assert 0 <= scores["exact_match"] <= 1
+    assert 0 <= scores["bleu"] <= 100
+    assert scores["chrf"] > 0
+
+
+def test_full_continued_pretraining_keeps_frozen_blocks(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = ckpt.read_run_config(trained_run).data.dir
+    out = tmp_path / "lm"
+    args = ["finetune", "lm", "--base", str(trained_run), "--data", data, "--out", str(out)]
+    assert main([*args, "--freeze-layers", "1", *_sets("train.max_steps=6")]) == 0
+    _, base, _ = ckpt.load_run(trained_run)
+    _, tuned, _ = ckpt.load_run(out)
+    frozen = dict(base.blocks[0].named_parameters())
+    for name, p in tuned.blocks[0].named_parameters():
+        torch.testing.assert_close(p, frozen[name], atol=0, rtol=0)
+    assert not torch.equal(tuned.blocks[1].mlp.fc.weight, base.blocks[1].mlp.fc.weight)
+
+
+def test_sft_bad_lines_and_lora_targets(
+    trained_run: Path, sft_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, valid = sft_files
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(train.read_text() + "not json\n", encoding="utf-8")
+    args = ["finetune", "sft", "--base", str(trained_run), "--valid", str(valid)]
+    code = main([*args, "--train", str(bad), "--out", str(tmp_path / "x"), *_sets()])
+    assert_user_error(code, capsys, "bad.jsonl:201", "--skip-bad-lines")
+    lora = ["--lora-r", "4", "--lora-targets", "attention"]
+    code = main([*args, "--train", str(train), "--out", str(tmp_path / "x"), *lora, *_sets()])
+    assert_user_error(code, capsys, "matches no linear layer", "attn.qkv")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_adapter_whose_base_changed_is_refused(
+    lora_run: Path, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base_copy = tmp_path / "base"
+    shutil.copytree(trained_run, base_copy)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_run, adapter)
+    record = json.loads((adapter / "adapter_config.json").read_text())
+    record["base_run"] = str(base_copy)
+    (adapter / "adapter_config.json").write_text(json.dumps(record))
+    assert main(["generate", str(adapter), "--max-new-tokens", "2"]) == 0  # same weights: fine
+    capsys.readouterr()
+    weights = base_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.unlink()
+    weights.write_bytes(bytes(data))
+    assert_user_error(main(["generate", str(adapter)]), capsys, "SHA-256 differs")
