@@ -345,3 +345,31 @@ def test_evaluate_classify_reports_the_metrics_of_a_labelled_file(
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert main(args) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_lora_classifier_trains_adapters_only_and_merges_to_the_same_predictions(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, dev = task_files
+    out, merged = tmp_path / "lora", tmp_path / "merged"
+    args = ["finetune", "classify", "--base", str(bert_run), "--train", str(train)]
+    args += ["--valid", str(dev), "--out", str(out), "--lora-r", "4", "--lora-alpha", "8"]
+    assert main([*args, *FINETUNE_SETS]) == 0
+    capsys.readouterr()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    assert all("lora_" in name or name.startswith("classifier") for name in saved)
+    assert (out / "model.safetensors").stat().st_size < (
+        bert_run / "model.safetensors"
+    ).stat().st_size / 5
+    assert main(["lora", "merge", str(out), "--out", str(merged)]) == 0
+    outputs = []
+    for run in (out, merged):
+        predictions = tmp_path / f"{run.name}.jsonl"
+        assert main(["predict", str(run), "--input", str(dev), "--output", str(predictions)]) == 0
+        outputs.append([json.loads(line) for line in predictions.read_text().splitlines()])
+    for a, b in zip(*outputs, strict=True):
+        assert a["label"] == b["label"]
+        for label, p in a["probabilities"].items():
+            assert b["probabilities"][label] == pytest.approx(p, abs=1e-4)
