@@ -102,7 +102,7 @@ def calibrate(work: Path, data: Path, seed: int, steps: int = 40) -> tuple[float
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     seen = [0] + [r["tokens_seen"] for r in records if "tokens_per_s" in r]
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    step_times = [(b - a) / rate for a, b, rate in zip(seen, seen[1:], rates, strict=True)]
+    step_times = [(b - a) / rate for a, b, rate in zip(seen[:-1], seen[1:], rates, strict=True)]
     shutil.rmtree(run)
     return float(np.mean(step_times)), (total - sum(step_times)) / 2
 
