@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmforge import finetune_lm, jobs
+from lmforge import finetune_lm, jobs, multitask
+from lmforge.errors import LMForgeError
 
 DESCRIPTION = """Fine-tune a run. Every task takes --config FILE and --set section.key=value
 (train.*, finetune.*, lora.*) like pretrain; --lora-r N trains low-rank adapters only (the run
@@ -19,7 +20,9 @@ then holds a small adapter.safetensors over its base run).
             (lmforge prepare --tokenizer-file BASE/tokenizer.json); lr 1e-4, 500 steps.
   sft       a GPT learns prompt -> completion pairs from JSONL ({"prompt", "completion"} or
             {"messages": [...]}); loss on completion tokens only, short examples packed;
-            scored at the end by generation: exact match, BLEU and chrF on --valid."""
+            scored at the end by generation: exact match, BLEU and chrF on --valid.
+  multitask one shared body, a classifier head per --task NAME=FILE; each step trains one task
+            (p ∝ n^(1/finetune.task_temperature)); per-task and mean scores every epoch."""
 
 
 def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
@@ -51,10 +54,20 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
     sft.add_argument(
         "--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted)"
     )
+    multitask = tasks.add_parser("multitask", help="several classification tasks, one body")
+    multitask.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a task and its YAML (train_file, valid_file, text_column, label_column, "
+        "text_pair_column); repeat for each task",
+    )
     for task in (lm, sft):
         task.add_argument("--freeze-layers", type=int, help="keep the first N blocks frozen")
         task.add_argument("--freeze-embeddings", action="store_true", help="keep them frozen")
-    for task in (classify, lm, sft):
+    for task in (classify, lm, sft, multitask):
         _common(task)
 
 
@@ -83,6 +96,9 @@ def run_finetune(args: argparse.Namespace) -> None:
     if args.task == "classify":
         _run_classify(args, sets)
         return
+    if args.task == "multitask":
+        _run_multitask(args, sets)
+        return
     inputs: dict[str, Any] = {}
     if args.freeze_layers is not None:
         inputs["freeze_layers"] = args.freeze_layers
@@ -108,6 +124,27 @@ def run_finetune(args: argparse.Namespace) -> None:
             f"generation on {scores['examples']} validation pairs: exact match "
             f"{scores['exact_match']:.3f}, BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
         )
+
+
+def _run_multitask(args: argparse.Namespace, sets: list[str]) -> None:
+    files = {}
+    for item in args.tasks:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise LMForgeError(f"--task {item!r}: write NAME=FILE, e.g. --task sst=sst.yaml")
+        if name in files:
+            raise LMForgeError(f"--task {name} is given twice")
+        files[name] = Path(file)
+    cfg = multitask.multitask_config(args.base, args.config, sets)
+    summary = multitask.finetune_multitask(cfg, files, args.out, args.overwrite)
+    best = summary["best"]
+    print(f"fine-tuned {summary['steps']} steps on {len(files)} tasks -> {summary['run_dir']}")
+    for name in files:
+        print(
+            f"  {name}: accuracy {best[f'val_{name}_accuracy']:.4f}, "
+            f"macro-F1 {best[f'val_{name}_macro_f1']:.4f}"
+        )
+    print(f"  mean accuracy {best['val_accuracy']:.4f} (best at step {best['step']})")
 
 
 def _run_classify(args: argparse.Namespace, sets: list[str]) -> None:

@@ -373,3 +373,48 @@ def test_lora_classifier_trains_adapters_only_and_merges_to_the_same_predictions
         assert a["label"] == b["label"]
         for label, p in a["probabilities"].items():
             assert b["probabilities"][label] == pytest.approx(p, abs=1e-4)
+
+
+def _length_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """A second task on the same text: short (3 filler words) or long (9)."""
+    rows = []
+    for _ in range(n):
+        label = rng.choice(("short", "long"))
+        words = [rng.choice(FILLER) for _ in range(3 if label == "short" else 9)]
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def test_multitask_trains_two_heads_on_one_body(
+    bert_run: Path, task_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = random.Random(5)
+    train, dev = task_files
+    length_train = _write_tsv(tmp_path / "len_train.tsv", _length_rows(rng, 160))
+    length_dev = _write_tsv(tmp_path / "len_dev.tsv", _length_rows(rng, 40))
+    specs = {"topic": (train, dev), "length": (length_train, length_dev)}
+    for name, (tr, dv) in specs.items():
+        (tmp_path / f"{name}.yaml").write_text(f"train_file: {tr}\nvalid_file: {dv}\n")
+    out = tmp_path / "mt"
+    args = ["finetune", "multitask", "--base", str(bert_run), "--out", str(out)]
+    args += [
+        "--task",
+        f"topic={tmp_path / 'topic.yaml'}",
+        "--task",
+        f"length={tmp_path / 'length.yaml'}",
+    ]
+    assert main([*args, *FINETUNE_SETS]) == 0
+    printed = capsys.readouterr().out
+    assert "topic: accuracy" in printed
+    assert "length: accuracy" in printed
+    evals = [r for r in _records(out) if "val_accuracy" in r]
+    best = max(evals, key=lambda r: r["val_accuracy"])
+    assert best["val_topic_accuracy"] >= 0.9
+    assert best["val_length_accuracy"] >= 0.9
+    assert best["val_accuracy"] == pytest.approx(
+        (best["val_topic_accuracy"] + best["val_length_accuracy"]) / 2
+    )
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert tasks["length"]["labels"] == ["long", "short"]
+    code = main([*args[:4], "--task", "topic", "--out", str(tmp_path / "x")])
+    assert_user_error(code, capsys, "NAME=FILE")

@@ -20,13 +20,14 @@ class Batch:
     attention_mask: torch.Tensor | None = None  # (B, T) bool, True on real (non-padding) tokens
     labels: torch.Tensor | None = None  # (B,) one label per sequence: NSP or class id
     segments: torch.Tensor | None = None  # (B, T) packed example number (1, 2, ...), 0 = padding
+    task: str | None = None  # multi-task fine-tuning: which task's head the batch trains
 
     def to(self, device: torch.device | str) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
-        moved = {
-            f: None if (t := getattr(self, f)) is None else t.to(device, non_blocking=non_blocking)
-            for f in self.__slots__
-        }
+        moved = {}
+        for f in self.__slots__:
+            t = getattr(self, f)
+            moved[f] = t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t
         return Batch(**moved)
 
     @property

@@ -8,6 +8,24 @@ from lmforge.model.bert import BERT
 from lmforge.model.gpt import GPT
 
 
+def sequence_summary(
+    body: nn.Module,
+    idx: torch.Tensor,
+    token_types: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One vector per sequence (B, C): a BERT's pooled [CLS], a GPT's last real token."""
+    if isinstance(body, BERT):
+        return body.pool(body.encode(idx, token_types, attention_mask))
+    hidden = body.encode(idx, attention_mask=attention_mask)  # (B, T, C)
+    if attention_mask is None:
+        return hidden[:, -1]
+    # the first position where the count of real tokens peaks: the last real token, with
+    # right padding (index = mask.sum(1) - 1) or left
+    last = attention_mask.long().cumsum(1).argmax(1)  # (B,)
+    return hidden[torch.arange(idx.shape[0], device=idx.device), last]
+
+
 class SequenceClassifier(nn.Module):
     """logits = W · dropout(summary(x)) + b, with one summary vector per sequence.
 
@@ -43,15 +61,7 @@ class SequenceClassifier(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The sequence vectors (B, C) the classifier reads."""
-        if isinstance(self.body, BERT):
-            return self.body.pool(self.body.encode(idx, token_types, attention_mask))
-        hidden = self.body.encode(idx, attention_mask=attention_mask)  # (B, T, C)
-        if attention_mask is None:
-            return hidden[:, -1]
-        # the first position where the count of real tokens peaks: the last real token, with
-        # right padding (index = mask.sum(1) - 1) or left
-        last = attention_mask.long().cumsum(1).argmax(1)  # (B,)
-        return hidden[torch.arange(idx.shape[0], device=idx.device), last]
+        return sequence_summary(self.body, idx, token_types, attention_mask)
 
     def forward(
         self,
@@ -69,3 +79,37 @@ class SequenceClassifier(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token of the body (the head adds 6·C·K per sequence, negligible)."""
         return self.body.flops_per_token()
+
+
+class MultiTaskClassifier(nn.Module):
+    """One shared body and one classifier layer per task (heads.<task>): logits for the task
+    a batch belongs to."""
+
+    def __init__(self, body: nn.Module, classes: dict[str, int], dropout: float = 0.1) -> None:
+        super().__init__()
+        if not isinstance(body, BERT | GPT):
+            raise LMForgeError(f"cannot classify with a {type(body).__name__} body")
+        self.body = body
+        self.drop = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict(
+            {task: nn.Linear(body.cfg.n_embd, k) for task, k in classes.items()}
+        )
+        for head in self.heads.values():
+            nn.init.normal_(head.weight, mean=0.0, std=body.cfg.init_std)
+            nn.init.zeros_(head.bias)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.body.blocks
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        token_types: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        task: str = "",
+    ) -> torch.Tensor:
+        if task not in self.heads:
+            raise LMForgeError(f"unknown task {task!r}; this model has {sorted(self.heads)}")
+        summary = sequence_summary(self.body, idx, token_types, attention_mask)
+        return self.heads[task](self.drop(summary))
