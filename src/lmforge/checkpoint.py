@@ -27,7 +27,7 @@ from lmforge.config import RunConfig, from_dict, to_dict
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.files import write_text_atomic
 from lmforge.model import BERT, GPT
-from lmforge.model.lora import adapter_state_dict, lora_layers
+from lmforge.model.lora import adapter_state_dict, lora_layers, merge_lora
 from lmforge.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -236,3 +236,15 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.
     weights = run_dir / (MODEL_FILE if which == "latest" else f"{BEST_DIR}/{MODEL_FILE}")
     load_weights(model, weights)
     return cfg, model.eval(), tokenizer
+
+
+def load_base_weights(model: nn.Module, base_dir: Path) -> None:
+    """A fine-tune's starting weights from run base_dir; an adapter run counts as its base with
+    the adapters merged in."""
+    base_dir = Path(base_dir)
+    if not is_adapter_run(base_dir):
+        load_weights(model, base_dir / MODEL_FILE)
+        return
+    _, adapted, _ = load_run(base_dir)
+    merge_lora(adapted)
+    model.load_state_dict(clean_state_dict(adapted), strict=False)

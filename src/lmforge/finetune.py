@@ -229,7 +229,7 @@ def _classifier(cfg: RunConfig, n_classes: int, tokenizer: Tokenizer) -> Sequenc
     """The base run's pretrained body under a freshly initialised classifier layer."""
     ckpt.check_vocab(tokenizer, cfg, cfg.finetune.base)
     body = ckpt.build_model(cfg)
-    ckpt.load_weights(body, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
+    ckpt.load_base_weights(body, Path(cfg.finetune.base))
     return _with_adapters(cfg, SequenceClassifier(body, n_classes, cfg.finetune.dropout))
 
 
@@ -359,7 +359,7 @@ def load_classifier(
     labels = load_label_map(run_dir / LABELS_FILE)
     body = ckpt.build_model(cfg)
     if cfg.lora.r:  # the run holds adapters and the head; the body comes from the base run
-        ckpt.load_weights(body, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
+        ckpt.load_base_weights(body, Path(cfg.finetune.base))
     model = _with_adapters(cfg, SequenceClassifier(body, len(labels), cfg.finetune.dropout))
     ckpt.load_weights(model, run_dir / ckpt.MODEL_FILE)
     return cfg, model.eval(), tokenizer, labels

@@ -6,6 +6,7 @@ write an ordinary run directory; with lora.r > 0 it is an adapter run (adapter.s
 adapter_config.json) that load_run, generate and evaluate use over the base.
 """
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ from lmforge.config import (
 )
 from lmforge.data.batches import Batch, step_generator
 from lmforge.data.sft import (
+    CHAT_TEMPLATE,
+    ROLES,
     Encoded,
     Pair,
     encode_pairs,
@@ -40,13 +43,14 @@ from lmforge.data.sft import (
     read_pairs,
 )
 from lmforge.errors import CheckpointError, ConfigError, DataError
-from lmforge.files import check_output_dir, staged_directory
+from lmforge.files import check_output_dir, staged_directory, write_text_atomic
 from lmforge.generate import generate
 from lmforge.model.lora import add_lora, lora_layers, merge_lora, trainable_share
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+CHAT_TEMPLATE_FILE = "chat_template.json"  # how `messages` were rendered (data/sft.py)
 # Continued pretraining and SFT start from trained weights: a tenth of pretraining's lr, short.
 LM_TRAIN_DEFAULTS: Mapping[str, Any] = {
     "lr": 1e-4,
@@ -66,11 +70,6 @@ def lm_config(
     base: Path, path: Path | None, sets: list[str], finetune: Mapping[str, Any]
 ) -> RunConfig:
     """The base run's model, fine-tuning defaults, then the config file, --set and flags."""
-    if is_adapter_run(base):
-        raise CheckpointError(
-            f"{base} is a LoRA adapter run; merge it first (`lmforge lora merge {base} --out "
-            "DIR`) and fine-tune the merged run"
-        )
     base_cfg = ckpt.read_run_config(base)
     if base_cfg.model.arch != "gpt" or base_cfg.train.objective != "clm":
         raise CheckpointError(f"{base} is not a GPT language model; finetune lm/sft need one")
@@ -99,7 +98,7 @@ def base_initialiser(cfg: RunConfig) -> Callable[[nn.Module], None]:
     """Load the base weights, freeze what finetune.* says, wrap LoRA adapters if lora.r > 0."""
 
     def init(model: nn.Module) -> None:
-        ckpt.load_weights(model, Path(cfg.finetune.base) / ckpt.MODEL_FILE)
+        ckpt.load_base_weights(model, Path(cfg.finetune.base))
         freeze(model, cfg.finetune.freeze_layers, cfg.finetune.freeze_embeddings)
         if cfg.lora.r:
             add_lora(model, cfg.lora.target_list, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
@@ -138,6 +137,12 @@ def _adapter_settings(cfg: RunConfig, model: nn.Module) -> dict[str, Any]:
 
 def _write_adapter_config(cfg: RunConfig, out: Path) -> None:
     """adapter_config.json of an adapter run, from a model wrapped the same way."""
+    if is_adapter_run(Path(cfg.finetune.base)):
+        raise CheckpointError(
+            f"{cfg.finetune.base} is itself a LoRA adapter run: new adapters need a full base; "
+            f"merge it first (`lmforge lora merge {cfg.finetune.base} --out DIR`) or fine-tune "
+            "without --lora-r"
+        )
     model = ckpt.build_model(cfg)
     add_lora(model, cfg.lora.target_list, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +233,8 @@ def finetune_sft(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str
         init=base_initialiser(cfg),
     )
     summary = _run(cfg, out, overwrite, plan)
+    template = {"turn": CHAT_TEMPLATE, "prompt_ends_with": "<|assistant|>\n", "roles": ROLES}
+    write_text_atomic(out / CHAT_TEMPLATE_FILE, json.dumps(template, indent=2))
     return {**summary, "generation": score_generation(out, valid_pairs)}
 
 

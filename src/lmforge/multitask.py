@@ -162,7 +162,7 @@ def finetune_multitask(
     ckpt.check_vocab(tokenizer, cfg, str(base))
     tasks = [load_task(n, read_task_spec(n, p), cfg, tokenizer) for n, p in task_files.items()]
     body = ckpt.build_model(cfg)
-    ckpt.load_weights(body, base / ckpt.MODEL_FILE)
+    ckpt.load_base_weights(body, base)
     model = MultiTaskClassifier(body, {t.name: len(t.labels) for t in tasks}, cfg.finetune.dropout)
     if cfg.lora.r:
         add_lora(

@@ -141,3 +141,17 @@ def test_an_adapter_whose_base_changed_is_refused(
     weights.unlink()
     weights.write_bytes(bytes(data))
     assert_user_error(main(["generate", str(adapter)]), capsys, "SHA-256 differs")
+
+
+def test_an_adapter_run_is_a_base_for_full_fine_tuning_but_not_for_new_adapters(
+    lora_run: Path, sft_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train, valid = sft_files
+    args = ["finetune", "sft", "--base", str(lora_run), "--train", str(train)]
+    args += ["--valid", str(valid), *_sets("train.max_steps=2")]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "full" / "chat_template.json").read_text())["roles"]
+    capsys.readouterr()
+    code = main([*args, "--out", str(tmp_path / "again"), "--lora-r", "2"])
+    assert_user_error(code, capsys, "itself a LoRA adapter run", "lora merge")
