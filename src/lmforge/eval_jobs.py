@@ -16,9 +16,9 @@ from lmforge.evaluate import (
     predict_logits,
     score_text,
 )
-from lmforge.finetune import load_classifier
 from lmforge.generate import require_causal_lm
 from lmforge.plots import plot_confusion_matrix, plot_position_loss
+from lmforge.predict import load_classifier
 
 log = logging.getLogger(__name__)
 

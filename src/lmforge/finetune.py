@@ -7,7 +7,6 @@ validation score), tokenizer.json, labels.json, metrics.jsonl (one record per ep
 confusion matrix), loss.png and confusion_matrix.png (of the kept model).
 """
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -38,7 +37,6 @@ from lmforge.data.classify import (
     build_label_map,
     classification_batches,
     encode_examples,
-    load_label_map,
     read_examples,
     save_label_map,
 )
@@ -49,7 +47,7 @@ from lmforge.evaluate import (
     format_confusion_matrix,
     predict_logits,
 )
-from lmforge.files import check_output_dir, staged_directory, write_text_atomic
+from lmforge.files import check_output_dir, staged_directory
 from lmforge.model.heads import SequenceClassifier
 from lmforge.model.lora import add_lora, trainable_share
 from lmforge.plots import plot_confusion_matrix
@@ -230,10 +228,10 @@ def _classifier(cfg: RunConfig, n_classes: int, tokenizer: Tokenizer) -> Sequenc
     ckpt.check_vocab(tokenizer, cfg, cfg.finetune.base)
     body = ckpt.build_model(cfg)
     ckpt.load_base_weights(body, Path(cfg.finetune.base))
-    return _with_adapters(cfg, SequenceClassifier(body, n_classes, cfg.finetune.dropout))
+    return with_adapters(cfg, SequenceClassifier(body, n_classes, cfg.finetune.dropout))
 
 
-def _with_adapters(cfg: RunConfig, model: SequenceClassifier) -> SequenceClassifier:
+def with_adapters(cfg: RunConfig, model: SequenceClassifier) -> SequenceClassifier:
     """With lora.r > 0: LoRA on the body's target layers; they and the classifier train."""
     if cfg.lora.r:
         lora = cfg.lora
@@ -339,77 +337,3 @@ def _summary(
         "confusion_plot": str(out / CONFUSION_PLOT),
         "loss_plot": str(out / LOSS_PLOT),
     }
-
-
-# ---------------------------------------------------------------- predict
-
-
-def load_classifier(
-    run_dir: Path,
-) -> tuple[RunConfig, SequenceClassifier, Tokenizer, list[str]]:
-    """(config, classifier in eval mode, tokenizer, label names) of a fine-tuned run."""
-    cfg = ckpt.read_run_config(run_dir)
-    if cfg.train.objective != "classify":
-        raise CheckpointError(
-            f"{run_dir} is not a classifier (train.objective={cfg.train.objective}); predict "
-            "with a run made by `lmforge finetune classify`"
-        )
-    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER_FILE)
-    ckpt.check_vocab(tokenizer, cfg, str(run_dir))
-    labels = load_label_map(run_dir / LABELS_FILE)
-    body = ckpt.build_model(cfg)
-    if cfg.lora.r:  # the run holds adapters and the head; the body comes from the base run
-        ckpt.load_base_weights(body, Path(cfg.finetune.base))
-    model = _with_adapters(cfg, SequenceClassifier(body, len(labels), cfg.finetune.dropout))
-    ckpt.load_weights(model, run_dir / ckpt.MODEL_FILE)
-    return cfg, model.eval(), tokenizer, labels
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PredictOptions:
-    run: Path
-    input: Path
-    output: Path
-    text_column: str | None = None  # None: the column the run was fine-tuned on
-    text_pair_column: str | None = None
-    label_column: str | None = None  # when given, also report accuracy against it
-    batch_size: int = 32
-    overwrite: bool = False
-
-
-def predict(opts: PredictOptions) -> dict[str, Any]:
-    """Classify every row of opts.input; write JSONL (text, label, probabilities) atomically."""
-    if opts.batch_size < 1:
-        raise LMForgeError("--batch-size must be >= 1")
-    if opts.output.exists() and not opts.overwrite:
-        raise LMForgeError(f"{opts.output} exists; choose another --output or pass --overwrite")
-    cfg, model, tokenizer, labels = load_classifier(opts.run)
-    pair = opts.text_pair_column or cfg.finetune.text_pair_column or None
-    examples = read_examples(
-        opts.input, opts.text_column or cfg.finetune.text_column, opts.label_column, pair, "input"
-    )
-    known = labels if opts.label_column else None
-    enc = encode_examples(examples, tokenizer, cfg.model.arch, cfg.model.block_size, known, "input")
-    if note := enc.truncation_note():
-        log.warning("warning: %s (model.block_size)", note)
-    model.to(choose_device(cfg.train.device))
-    logits, targets = predict_logits(model, classification_batches(enc, opts.batch_size))
-    probs = logits.softmax(-1)
-    lines = [_prediction(e, p, labels) for e, p in zip(examples, probs.tolist(), strict=True)]
-    write_text_atomic(opts.output, "".join(lines))
-    summary: dict[str, Any] = {"output": str(opts.output), "n": len(examples)}
-    summary["truncated"] = enc.truncated
-    if targets is not None:
-        metrics = classification_metrics(probs.argmax(1), targets, len(labels))
-        summary.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
-    return summary
-
-
-def _prediction(example: Example, probs: list[float], labels: list[str]) -> str:
-    record: dict[str, Any] = {"text": example.text}
-    if example.pair is not None:
-        record["text_pair"] = example.pair
-    best = max(range(len(labels)), key=probs.__getitem__)
-    record["label"] = labels[best]
-    record["probabilities"] = {name: round(p, 6) for name, p in zip(labels, probs, strict=True)}
-    return json.dumps(record, ensure_ascii=False) + "\n"

@@ -31,6 +31,7 @@ from lmforge.config import (
     to_dict,
 )
 from lmforge.data.batches import Batch, step_generator
+from lmforge.data.classify import LABELS_FILE
 from lmforge.data.sft import (
     CHAT_TEMPLATE,
     ROLES,
@@ -46,6 +47,7 @@ from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.files import check_output_dir, staged_directory, write_text_atomic
 from lmforge.generate import generate
 from lmforge.model.lora import add_lora, lora_layers, merge_lora, trainable_share
+from lmforge.predict import load_classifier
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -280,8 +282,6 @@ def merge_run(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, An
         raise ConfigError(f"{run_dir} has no LoRA adapters (lora.r=0): nothing to merge")
     tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER_FILE)
     if cfg.train.objective == "classify":
-        from lmforge.finetune import LABELS_FILE, load_classifier
-
         _, model, _, _ = load_classifier(run_dir)
         extra = [LABELS_FILE]
     else:

@@ -20,10 +20,11 @@ from lmforge.data.shards import TokenShards, replace_directory, write_shards
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.evaluate import Perplexity, split_perplexity
 from lmforge.files import check_output_dir, read_utf8
-from lmforge.finetune import PredictOptions, classify_config, finetune_classify
-from lmforge.finetune import predict as predict_file
+from lmforge.finetune import classify_config, finetune_classify
 from lmforge.generate import generate as generate_completions
 from lmforge.generate import generate_text
+from lmforge.predict import PredictOptions
+from lmforge.predict import predict as predict_file
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss, mlm_nsp_loss, mlm_nsp_metrics
 from lmforge.train.optim import build_optimizer
