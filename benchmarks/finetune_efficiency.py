@@ -42,6 +42,7 @@ from lmforge.train.optim import build_optimizer
 GPT_SHAPE = {"n_layer": 6, "n_head": 8, "n_embd": 512, "block_size": 256, "vocab_size": 8192}
 LORA = {"r": 8, "alpha": 16.0, "targets": ["q", "k", "v", "o"]}
 DEFAULT_BASE = Path("runs/bench-bert/bert-mini")
+RATIOS = ("lora_peak_rss_vs_full", "lora_peak_above_runtime_vs_full", "lora_speedup")
 
 
 def log(message: str) -> None:
@@ -135,12 +136,7 @@ def efficiency(args: argparse.Namespace) -> dict:
         "lora": {**LORA, "targets": ",".join(LORA["targets"])},
         "lora_trainable_share": round(share, 5),
         **runs[0],
-        "by_batch": {
-            str(r["batch"][0]): {
-                k: v for k, v in r.items() if k.startswith("lora_") and k not in ("lora_finetune",)
-            }
-            for r in runs
-        },
+        "by_batch": {str(r["batch"][0]): {k: r[k] for k in RATIOS} for r in runs},
     }
 
 
