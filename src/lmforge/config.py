@@ -227,6 +227,10 @@ class FinetuneConfig:
         True, "finetune sft: pack short examples into full rows (attention stays inside each)"
     )
     skip_bad_lines: bool = param(False, "finetune sft: skip (and count) malformed JSONL lines")
+    label_smoothing: float = param(
+        0.0,
+        "target (1 - e)·onehot + e/K instead of onehot in every fine-tune's loss; 0.1 is typical",
+    )
     task_temperature: float = param(
         1.0, "finetune multitask: draw task i with p ∝ n_i^(1/T); 1 = by size, larger = more even"
     )
@@ -235,6 +239,7 @@ class FinetuneConfig:
         _require(self.epochs > 0, "finetune.epochs must be > 0")
         _require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
         _require(self.task_temperature > 0, "finetune.task_temperature must be > 0")
+        _require(0 <= self.label_smoothing < 1, "finetune.label_smoothing must be in [0, 1)")
         _require(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction must be in [0, 1)")
         _require(
             self.class_weights in ("none", "balanced"),

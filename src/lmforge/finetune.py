@@ -271,7 +271,11 @@ def finetune_classify(cfg: RunConfig, out: Path, overwrite: bool = False) -> dic
             build_optimizer(model, cfg.train),
             batches,
             cfg.train,
-            partial(classification_loss, class_weights=weights),
+            partial(
+                classification_loss,
+                class_weights=weights,
+                label_smoothing=cfg.finetune.label_smoothing,
+            ),
             lambda: valid,
             save=_best_saver(run_dir, model, evaluator, best),
             tracker=Tracker(run_dir, cfg.train.max_steps, 0, cfg.train.progress),

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +186,17 @@ def finetune_lm(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str,
 # ---------------------------------------------------------------- finetune sft
 
 
-def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def sft_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy on completion tokens only (targets -100 elsewhere), packed or padded."""
     if batch.segments is not None:
         logits = model(batch.inputs, segments=batch.segments)
     else:
         logits = model(batch.inputs, attention_mask=batch.attention_mask)
     return F.cross_entropy(
-        logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX
+        logits.flatten(0, 1).float(),
+        batch.targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -229,7 +233,7 @@ def finetune_sft(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str
     valid_pairs = read_pairs(Path(ft.valid_file), ft.skip_bad_lines)
     valid = encode_pairs(valid_pairs, tokenizer, block)
     plan = jobs.TrainingPlan(
-        objective=(sft_loss, None),
+        objective=(partial(sft_loss, label_smoothing=ft.label_smoothing), None),
         sources=sft_sources(cfg, train, valid, tokenizer.eot_id),
         tokenizer=tokenizer,
         init=base_initialiser(cfg),

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,9 @@ def task_sampler(
     return batch
 
 
-def multitask_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def multitask_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
     logits = model(batch.inputs, batch.token_types, batch.attention_mask, batch.task).float()
-    return F.cross_entropy(logits, batch.labels)
+    return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
 
 
 class MultiTaskEval:
@@ -204,7 +205,7 @@ def finetune_multitask(
             build_optimizer(model, cfg.train),
             task_sampler(tasks, size, cfg.train.seed, cfg.finetune.task_temperature),
             cfg.train,
-            multitask_loss,
+            partial(multitask_loss, label_smoothing=cfg.finetune.label_smoothing),
             lambda: valid,
             save=save,
             tracker=Tracker(run_dir, max_steps, 0, cfg.train.progress),
