@@ -97,12 +97,7 @@ def load_finetune_config(
     """A fine-tune's config: the base run's model, the BERT-paper training defaults, then the
     config file, `--set` overrides and the `finetune` values given as command-line flags."""
     user = apply_overrides(read_config_file(path) if path else {}, sets)
-    model = user.pop("model", {}) or {}
-    if set(model) - {"dropout"}:
-        raise ConfigError(
-            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
-            "change when fine-tuning (only model.dropout can)"
-        )
+    model = model_overrides(user)
     train = user.get("train") or {}
     fixed = [key for key in _DERIVED_TRAIN_KEYS if key in train]
     if fixed:
@@ -212,6 +207,12 @@ def _schedule(cfg: RunConfig, batches: EpochBatches, valid_batches: int) -> RunC
     """Derive the step counts from epochs: evaluate and save at the end of every epoch."""
     max_steps = batches.steps_for(cfg.finetune.epochs)
     per_epoch = min(max_steps, -(-batches.batches_per_epoch // cfg.train.grad_accum))
+    return epoch_schedule(cfg, max_steps, per_epoch, valid_batches)
+
+
+def epoch_schedule(cfg: RunConfig, max_steps: int, per_epoch: int, valid_batches: int) -> RunConfig:
+    """cfg with max_steps, a warmup of finetune.warmup_fraction, and an eval and a save every
+    epoch over all valid_batches."""
     train = replace(
         cfg.train,
         max_steps=max_steps,
@@ -221,6 +222,18 @@ def _schedule(cfg: RunConfig, batches: EpochBatches, valid_batches: int) -> RunC
         eval_batches=valid_batches,
     )
     return replace(cfg, train=train)
+
+
+def model_overrides(user: dict[str, Any]) -> dict[str, Any]:
+    """The model.* keys a fine-tune's config may set (only model.dropout: the rest is the
+    base run's), popped from user."""
+    model = user.pop("model", {}) or {}
+    if set(model) - {"dropout"}:
+        raise ConfigError(
+            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
+            "change when fine-tuning (only model.dropout can)"
+        )
+    return model
 
 
 def _classifier(cfg: RunConfig, n_classes: int, tokenizer: Tokenizer) -> SequenceClassifier:

@@ -46,6 +46,7 @@ from lmforge.data.sft import (
 )
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.files import check_output_dir, staged_directory, write_text_atomic
+from lmforge.finetune import model_overrides
 from lmforge.generate import generate
 from lmforge.model.lora import add_lora, lora_layers, merge_lora, trainable_share
 from lmforge.predict import load_classifier
@@ -77,12 +78,7 @@ def lm_config(
     if base_cfg.model.arch != "gpt" or base_cfg.train.objective != "clm":
         raise CheckpointError(f"{base} is not a GPT language model; finetune lm/sft need one")
     user = apply_overrides(read_config_file(path) if path else {}, sets)
-    model = user.pop("model", {}) or {}
-    if set(model) - {"dropout"}:
-        raise ConfigError(
-            f"model.{sorted(set(model) - {'dropout'})[0]} comes from the base run and cannot "
-            "change when fine-tuning (only model.dropout can)"
-        )
+    model = model_overrides(user)
     train = {**to_dict(base_cfg.train), **LM_TRAIN_DEFAULTS, **(user.get("train") or {})}
     data = {
         "model": {**to_dict(base_cfg.model), **model},

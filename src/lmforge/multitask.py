@@ -32,7 +32,7 @@ from lmforge.data.classify import (
 from lmforge.errors import ConfigError
 from lmforge.evaluate import classification_metrics
 from lmforge.files import check_output_dir, staged_directory, write_text_atomic
-from lmforge.finetune import load_finetune_config
+from lmforge.finetune import epoch_schedule, load_finetune_config
 from lmforge.model.heads import MultiTaskClassifier
 from lmforge.model.lora import add_lora
 from lmforge.tokenizer import Tokenizer
@@ -175,15 +175,7 @@ def finetune_multitask(
     valid = [replace(b, task=t.name) for t in tasks for b in classification_batches(t.valid, size)]
     per_epoch = max(1, sum(len(t.train) for t in tasks) // size)
     max_steps = max(1, round(cfg.finetune.epochs * per_epoch))
-    train = replace(
-        cfg.train,
-        max_steps=max_steps,
-        warmup_steps=round(cfg.finetune.warmup_fraction * max_steps),
-        eval_interval=per_epoch,
-        checkpoint_interval=per_epoch,
-        eval_batches=len(valid),
-    )
-    cfg = replace(cfg, train=train)
+    cfg = epoch_schedule(cfg, max_steps, per_epoch, len(valid))
     evaluator = MultiTaskEval(tasks)
     with staged_directory(out, overwrite) as run_dir:
         ckpt.write_run_files(run_dir, cfg, tokenizer)
