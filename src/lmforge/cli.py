@@ -20,6 +20,7 @@ from lmforge.cli_train import (
 )
 from lmforge.config import SamplingConfig, all_keys, load_config
 from lmforge.errors import LMForgeError
+from lmforge.estimate import estimate, format_estimate
 
 EXAMPLES = """examples:
   lmforge prepare  --input builtin:python-docs --out data/docs
@@ -37,6 +38,8 @@ EXAMPLES = """examples:
   lmforge predict runs/sst --input test.tsv --output predictions.jsonl
   lmforge import hf gpt2 --out runs/gpt2
   lmforge export hf runs/nano --out hf/nano
+  lmforge estimate --config configs/gpt-nano-cpu.yaml --set model.vocab_size=4096 \
+                   --set dist.strategy=fsdp --world-size 8
   lmforge config show
 """
 
@@ -124,6 +127,25 @@ def _add_interop(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
+def _add_estimate(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "estimate",
+        help="parameters, FLOPs per token and memory per device of a config",
+        description="What a config costs before it runs: parameters, training FLOPs per token "
+        "(6N + attention), and memory per device for weights, gradients, AdamW states and "
+        "activations under dist.strategy none, ddp or fsdp over --world-size devices.",
+    )
+    p.add_argument("--config", type=Path, help="YAML/JSON/TOML config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--world-size", type=int, default=1, help="devices (processes) training")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_estimate(args: argparse.Namespace) -> None:
+    result = estimate(load_config(args.config, args.set), args.world_size)
+    print(json.dumps(result) if args.json else format_estimate(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -142,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_interop(verbs)
     add_compress(verbs)
     add_lora(verbs)
+    _add_estimate(verbs)
     config = verbs.add_parser("config", help="show every config key with its default")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, help="show this file's resolved values")
@@ -254,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "import": _run_interop,
         "export": _run_interop,
         "config": _run_config,
+        "estimate": _run_estimate,
     }
     try:
         handlers[args.verb](args)

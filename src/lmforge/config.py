@@ -206,6 +206,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class DistConfig:
+    """How training spreads over processes started by torchrun (see docs/distributed.md)."""
+
+    strategy: str = param("none", "none, ddp (replicated model) or fsdp (sharded, FSDP2)")
+    activation_checkpointing: bool = param(
+        False, "recompute each block's activations in the backward pass instead of keeping them"
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.strategy in ("none", "ddp", "fsdp"),
+            f"dist.strategy: unknown strategy {self.strategy!r}; use none, ddp or fsdp",
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FinetuneConfig:
     """A fine-tune: its inputs, and for `finetune classify` its epochs and head."""
 
@@ -281,6 +297,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         # clm on a bert stays readable (imported BERTs carry the default train section);
@@ -360,6 +377,7 @@ from lmforge.config_io import (  # noqa: E402
 __all__ = [
     "OBJECTIVES",
     "DataConfig",
+    "DistConfig",
     "FinetuneConfig",
     "LoRAConfig",
     "ModelConfig",
