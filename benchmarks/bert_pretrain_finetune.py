@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from lmforge import checkpoint as ckpt
-from lmforge import jobs
+from lmforge import jobs, training
 from lmforge.config import load_config
 from lmforge.data.batches import step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
@@ -121,7 +121,7 @@ def mlm_figures(run: Path, data: Path, batches: int = 40) -> dict[str, float]:
         mlm_batch(corpus, 32, cfg.model.block_size, step_generator(99, 7, i), vocab)
         for i in range(batches)
     ]
-    metrics = jobs.encoder_metrics(model, val)
+    metrics = training.encoder_metrics(model, val)
     targets = torch.cat([b.targets[b.targets != -100] for b in val])
     return {
         "mlm_accuracy": metrics["val_mlm_accuracy"],

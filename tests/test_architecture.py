@@ -34,6 +34,7 @@ FORBIDDEN = {
     "lmforge.decoding": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.beam": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.evaluate": ["lmforge.train", "lmforge.jobs", "lmforge.cli"],
+    "lmforge.training": ["lmforge.jobs", "lmforge.cli"],
     "lmforge.interop": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.files": ["lmforge."],
     "lmforge.config_io": ["lmforge."],

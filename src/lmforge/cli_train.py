@@ -156,6 +156,8 @@ def run_pretrain(args: argparse.Namespace) -> None:
             raise LMForgeError("pretrain needs --out RUN_DIR (or --resume RUN)")
         sets = [*args.set, f"data.dir={args.data}"] if args.data else args.set
         summary = jobs.pretrain(load_config(args.config, sets), args.out, args.overwrite)
+    if not summary.get("is_main", True):
+        return  # another torchrun worker: rank 0 reports
     first, last = summary["first_val_loss"], summary["last_val_loss"]
     print(f"trained {summary['steps']} steps -> {summary['run_dir']}")
     if summary["stopped_early"]:

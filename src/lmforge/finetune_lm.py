@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge import checkpoint as ckpt
-from lmforge import jobs
 from lmforge.adapters import adapter_record, is_adapter_run, write_adapter_config
 from lmforge.config import (
     RunConfig,
@@ -51,6 +50,7 @@ from lmforge.generate import generate
 from lmforge.model.lora import add_lora, lora_layers, merge_lora, trainable_share
 from lmforge.predict import load_classifier
 from lmforge.tokenizer import Tokenizer
+from lmforge.training import TrainingPlan, open_data, train
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -149,13 +149,13 @@ def _write_adapter_config(cfg: RunConfig, out: Path) -> None:
     write_adapter_config(out, record)
 
 
-def _run(cfg: RunConfig, out: Path, overwrite: bool, plan: jobs.TrainingPlan) -> dict[str, Any]:
+def _run(cfg: RunConfig, out: Path, overwrite: bool, plan: TrainingPlan) -> dict[str, Any]:
     check_output_dir(out, overwrite)
     if out.exists() and overwrite:
         shutil.rmtree(out)
     if cfg.lora.r:
         _write_adapter_config(cfg, out)  # load_run treats the run as base + adapters
-    summary = jobs._train(cfg, out, None, plan=plan)
+    summary = train(cfg, out, None, plan=plan)
     return {**summary, "lora_r": cfg.lora.r}
 
 
@@ -170,13 +170,13 @@ def finetune_lm(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str,
             "run's tokenizer: --tokenizer-file BASE/tokenizer.json)"
         )
     base_tok = Tokenizer.load(Path(cfg.finetune.base) / ckpt.TOKENIZER_FILE)
-    _, data_tok = jobs._open_data(cfg)
+    _, data_tok = open_data(cfg)
     if data_tok.sha256() != base_tok.sha256():
         raise DataError(
             f"{cfg.data.dir} was prepared with another tokenizer than {cfg.finetune.base}; "
             f"prepare it with --tokenizer-file {Path(cfg.finetune.base) / ckpt.TOKENIZER_FILE}"
         )
-    return _run(cfg, out, overwrite, jobs.TrainingPlan(init=base_initialiser(cfg)))
+    return _run(cfg, out, overwrite, TrainingPlan(init=base_initialiser(cfg)))
 
 
 # ---------------------------------------------------------------- finetune sft
@@ -228,7 +228,7 @@ def finetune_sft(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str
     train = encode_pairs(read_pairs(Path(ft.train_file), ft.skip_bad_lines), tokenizer, block)
     valid_pairs = read_pairs(Path(ft.valid_file), ft.skip_bad_lines)
     valid = encode_pairs(valid_pairs, tokenizer, block)
-    plan = jobs.TrainingPlan(
+    plan = TrainingPlan(
         objective=(partial(sft_loss, label_smoothing=ft.label_smoothing), None),
         sources=sft_sources(cfg, train, valid, tokenizer.eot_id),
         tokenizer=tokenizer,

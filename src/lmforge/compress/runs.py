@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge import checkpoint as ckpt
-from lmforge import jobs
 from lmforge.compress.distill import check_distillation, distillation_objective
 from lmforge.compress.prune import (
     magnitude_prune,
@@ -44,6 +43,7 @@ from lmforge.plots import plot_compression_report
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss
 from lmforge.train.runtime import choose_device
+from lmforge.training import train
 
 log = logging.getLogger(__name__)
 PRUNING_FILE = "pruning.json"
@@ -293,5 +293,5 @@ def distill_run(
         shutil.rmtree(out)
     teacher.to(choose_device(cfg.train.device))
     objective = distillation_objective(teacher, temperature, alpha)
-    summary = jobs._train(cfg, out, None, objective=(objective, _student_metrics))
+    summary = train(cfg, out, None, objective=(objective, _student_metrics))
     return {**summary, "temperature": temperature, "alpha": alpha}

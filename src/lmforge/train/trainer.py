@@ -3,6 +3,7 @@
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import nn
 from lmforge.config import TrainConfig, higher_is_better
 from lmforge.data.batches import Batch
 from lmforge.errors import TrainingDiverged
+from lmforge.train.distributed import mean_across_ranks, world_size
 from lmforge.train.optim import lr_at
 from lmforge.train.runtime import autocast
 from lmforge.train.tracker import Tracker
@@ -122,11 +124,21 @@ class Trainer:
         total_loss, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
             batch = self.train_batches(step, micro).to(self.device)
-            with autocast(self.device, cfg.dtype):
-                loss = self.objective(self.model, batch) / cfg.grad_accum
-            loss.backward()
+            # DDP all-reduces gradients once, on the last micro-batch of the step
+            last = micro == cfg.grad_accum - 1
+            sync = (
+                self.model.no_sync()
+                if hasattr(self.model, "no_sync") and not last
+                else nullcontext()
+            )
+            with sync:
+                with autocast(self.device, cfg.dtype):
+                    loss = self.objective(self.model, batch) / cfg.grad_accum
+                loss.backward()
             total_loss += loss.item()
             tokens += batch.num_tokens
+        total_loss = mean_across_ranks(total_loss)  # the global batch's loss on every rank
+        tokens *= world_size()
         params = [p for p in self.model.parameters() if p.grad is not None]
         # foreach: one fused kernel over all gradients instead of one norm per tensor
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)

@@ -1,0 +1,85 @@
+"""torch.distributed plumbing: one process per device, started by torchrun (or `--nproc`).
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; init_distributed reads them and joins the
+process group (NCCL on CUDA, gloo on CPU). Without them the run is a plain single process.
+Every rank draws its own rows of one global batch (the same rows a single process with the
+whole batch would draw), so results do not depend on timing or on the number of processes.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lmforge.data.batches import Batch
+
+
+@dataclass(frozen=True, slots=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints, draws progress bars and writes files."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistContext:
+    """Join torchrun's process group if this is one of its workers."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistContext(rank, world_size, local_rank)
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def mean_across_ranks(value: float) -> float:
+    """The mean of a number over all ranks (itself in a single process)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank_rows(batch: Batch, ctx: DistContext) -> Batch:
+    """This rank's equal share of the rows of a global batch."""
+    if not ctx.active:
+        return batch
+    rows = batch.inputs.shape[0]
+    if rows % ctx.world_size:
+        raise ValueError(f"a global batch of {rows} rows does not split over {ctx.world_size}")
+    size = rows // ctx.world_size
+    part = slice(ctx.rank * size, (ctx.rank + 1) * size)
+    fields = {}
+    for name in batch.__slots__:
+        value = getattr(batch, name)
+        fields[name] = value[part] if isinstance(value, torch.Tensor) else value
+    return Batch(**fields)

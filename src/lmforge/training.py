@@ -1,0 +1,265 @@
+"""The training run behind pretrain, resume and every LM fine-tune: data, objective, model,
+the process group of a torchrun launch, and the shared Trainer."""
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lmforge import checkpoint as ckpt
+from lmforge.config import RunConfig
+from lmforge.data.batches import Batch, clm_batch, step_generator
+from lmforge.data.mlm import BertVocab, mlm_batch
+from lmforge.data.shards import TokenShards
+from lmforge.errors import ConfigError, DataError, LMForgeError
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    rank_rows,
+    shutdown,
+)
+from lmforge.train.objectives import clm_loss, mlm_nsp_loss, mlm_nsp_metrics
+from lmforge.train.optim import build_optimizer
+from lmforge.train.runtime import choose_device, keep_freed_memory, seed_everything
+from lmforge.train.tracker import LOSS_PLOT, Tracker
+from lmforge.train.trainer import Evaluator, Objective, Trainer
+
+log = logging.getLogger(__name__)
+VAL_SEED_KEY = 1  # val batches draw from (seed, 1, i); train batches from (seed, 0, step, micro)
+
+
+def open_data(cfg: RunConfig) -> tuple[TokenShards, Tokenizer]:
+    if not cfg.data.dir:
+        raise ConfigError("no data directory: pass --data DIR (made by `lmforge prepare`)")
+    shards = TokenShards(cfg.data.dir)
+    tokenizer = Tokenizer.load(Path(cfg.data.dir) / ckpt.TOKENIZER_FILE)
+    if tokenizer.sha256() != shards.meta["tokenizer_sha256"]:
+        raise DataError(f"{cfg.data.dir}: tokenizer.json does not match the one the shards used")
+    return shards, tokenizer
+
+
+def _batch_sources(
+    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
+) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
+    """Step-indexed train batches and a fixed list of validation batches."""
+    if cfg.train.objective.startswith("mlm"):
+        return _mlm_sources(cfg, shards, tokenizer)
+    window, batch_size, seed = cfg.model.block_size + 1, cfg.train.batch_size, cfg.train.seed
+    shards.check_fits("train", window)
+    shards.check_fits("val", window)
+
+    def train_batch(step: int, micro: int) -> Batch:
+        return clm_batch(
+            shards.sample_windows("train", batch_size, window, step_generator(seed, 0, step, micro))
+        )
+
+    val = [
+        clm_batch(
+            shards.sample_windows("val", batch_size, window, step_generator(seed, VAL_SEED_KEY, i))
+        )
+        for i in range(cfg.train.eval_batches)
+    ]
+    return train_batch, lambda: val
+
+
+def _mlm_sources(
+    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
+) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
+    """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
+    vocab = BertVocab.from_tokenizer(tokenizer)
+    nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
+    corpora = {split: shards.sentences(split) for split in ("train", "val")}
+
+    def batch(split: str, generator: torch.Generator) -> Batch:
+        return mlm_batch(corpora[split], batch_size, cfg.model.block_size, generator, vocab, nsp)
+
+    val = [
+        batch("val", step_generator(seed, VAL_SEED_KEY, i)) for i in range(cfg.train.eval_batches)
+    ]
+    return lambda step, micro: batch("train", step_generator(seed, 0, step, micro)), lambda: val
+
+
+def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
+    """The loss of train.objective and its eval record (None: the trainer's mean loss)."""
+    if cfg.train.objective == "clm":
+        if cfg.model.arch != "gpt":
+            raise ConfigError(
+                "train.objective=clm trains a causal GPT; for model.arch=bert set "
+                "train.objective=mlm+nsp or mlm"
+            )
+        return clm_loss, None
+    if cfg.train.objective.startswith("mlm"):
+        return mlm_nsp_loss, encoder_metrics
+    raise ConfigError(
+        f"train.objective={cfg.train.objective} is for `lmforge finetune classify`; pretrain "
+        "with clm, mlm or mlm+nsp"
+    )
+
+
+def encoder_metrics(model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    """BERT's eval record: val_loss (MLM + NSP loss) and each task's loss and accuracy."""
+    metrics = {f"val_{k}": v for k, v in mlm_nsp_metrics(model, batches).items()}
+    return {"val_loss": metrics["val_mlm_loss"] + metrics.get("val_nsp_loss", 0.0), **metrics}
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPlan:
+    """What a fine-tune changes in _train: its loss and eval, its batches, its starting model."""
+
+    objective: tuple[Objective, Evaluator | None] | None = None
+    sources: tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]] | None = None
+    tokenizer: Tokenizer | None = None
+    init: Callable[[torch.nn.Module], None] | None = None  # e.g. base weights, freezing, LoRA
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume_from: Path | None,
+    objective: tuple[Objective, Evaluator | None] | None = None,
+    plan: TrainingPlan | None = None,
+) -> dict[str, Any]:
+    """Train cfg's model into run_dir; `objective` replaces train.objective's loss and eval
+    (distillation brings its teacher this way), `plan` whatever else a fine-tune changes."""
+    plan = plan or TrainingPlan(objective=objective)
+    device = choose_device(cfg.train.device)
+    ctx = _join_processes(cfg, device)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        return _train_here(cfg, run_dir, resume_from, plan, device, ctx)
+    finally:
+        shutdown()
+
+
+def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:
+    """The process group of a torchrun launch (dist.strategy ddp), or a single process."""
+    if cfg.dist.strategy == "fsdp":
+        raise ConfigError("dist.strategy=fsdp is not available yet; use dist.strategy=ddp")
+    ctx = init_distributed(device.type)
+    if ctx.active and cfg.dist.strategy == "none":
+        shutdown()
+        raise ConfigError(
+            f"started as {ctx.world_size} processes (torchrun) but dist.strategy=none; "
+            "add --set dist.strategy=ddp"
+        )
+    return ctx
+
+
+def _global_sources(
+    cfg: RunConfig, plan: TrainingPlan, ctx: DistContext
+) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]], Tokenizer | None]:
+    """Batch sources; under DDP every rank takes its rows of the global batch (micro batch x
+    world size), drawn exactly as one process with that batch would draw it."""
+    if plan.sources is not None:
+        (train_batch, val_batches), tokenizer = plan.sources, plan.tokenizer
+    else:
+        world = replace(cfg.train, batch_size=cfg.train.batch_size * ctx.world_size)
+        shards, tokenizer = open_data(cfg)
+        train_batch, val_batches = _batch_sources(replace(cfg, train=world), shards, tokenizer)
+    if not ctx.active:
+        return train_batch, val_batches, tokenizer
+    return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer
+
+
+def _train_here(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume_from: Path | None,
+    plan: TrainingPlan,
+    device: torch.device,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    train_batch, val_batches, tokenizer = _global_sources(cfg, plan, ctx)
+    if device.type == "cpu":
+        keep_freed_memory()
+    seed_everything(cfg.train.seed)
+    model = ckpt.build_model(cfg)
+    if plan.init is not None:
+        plan.init(model)
+    model = model.to(device)
+    if resume_from is not None:
+        ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
+    optimizer = build_optimizer(model, cfg.train)
+    train_model = torch.compile(model) if cfg.train.compile else model
+    if ctx.active:
+        ids = [ctx.local_rank] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=ids)
+    loss, metrics = plan.objective or _objective(cfg)
+
+    def save(state: dict[str, Any], best: bool) -> None:
+        if ctx.is_main:  # one writer; the others wait for it
+            ckpt.save_checkpoint(run_dir, model, state, best, cfg.train.keep_last)
+        barrier(ctx)
+
+    trainer = Trainer(
+        train_model,
+        optimizer,
+        train_batch,
+        cfg.train,
+        loss,
+        val_batches,
+        save=save,
+        metrics=metrics,
+    )
+    if resume_from is not None:
+        trainer.load_state_dict(ckpt.load_trainer_state(resume_from))
+    start = trainer.state.step
+    if trainer.state.stopped_early:
+        raise LMForgeError(
+            f"{run_dir} stopped early at step {start} (train.patience={cfg.train.patience}); "
+            "start a new run to train further"
+        )
+    if start >= cfg.train.max_steps:
+        raise LMForgeError(
+            f"{run_dir} already reached train.max_steps={cfg.train.max_steps}; to train longer "
+            f"resume with --set train.max_steps=N (N > {start})"
+        )
+    if ctx.is_main:
+        ckpt.write_run_files(run_dir, cfg, tokenizer)
+    micro = cfg.train.batch_size * cfg.model.block_size
+    log.info(
+        "model: %s parameters, %.3g FLOPs/token; %s tokens/step (%d x %d accumulation x %d "
+        "processes); device %s",
+        f"{model.num_params():,}",
+        model.flops_per_token(),
+        f"{micro * cfg.train.grad_accum * ctx.world_size:,}",
+        micro,
+        cfg.train.grad_accum,
+        ctx.world_size,
+        device,
+    )
+    trainer.tracker = Tracker(
+        run_dir if ctx.is_main else None,
+        cfg.train.max_steps,
+        start,
+        cfg.train.progress and ctx.is_main,
+    )
+    try:
+        state = trainer.fit()
+    finally:
+        trainer.tracker.close()
+    vals = trainer.tracker.val_points
+    return {
+        "run_dir": str(run_dir),
+        "is_main": ctx.is_main,  # under torchrun only rank 0 reports
+        "objective": cfg.train.objective,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "best_metric": cfg.train.best_metric,
+        "best_score": state.best_score,
+        "best_step": state.best_step,
+        "last_metrics": trainer.tracker.last_eval,
+        "skipped_steps": state.skipped_steps,
+        "first_val_loss": vals[0][1] if vals else math.nan,
+        "last_val_loss": state.last_val_loss,
+        "best_val_loss": state.best_val_loss,
+        "loss_plot": str(run_dir / LOSS_PLOT),
+    }

@@ -1,0 +1,66 @@
+"""DDP under torchrun on CPU (gloo): 2 processes with micro batch B follow one process with 2B."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from lmforge.jobs import PrepareOptions, prepare
+
+SETS = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.max_steps=6",
+    "train.eval_interval=3",
+    "train.eval_batches=2",
+    "train.checkpoint_interval=3",
+    "train.warmup_steps=2",
+    "train.progress=false",
+    "train.log_interval=1",
+    "train.grad_accum=2",
+]
+
+
+def _pretrain(data: Path, out: Path, nproc: int, batch: int) -> subprocess.CompletedProcess:
+    sets = [x for s in [*SETS, f"train.batch_size={batch}"] for x in ("--set", s)]
+    args = ["pretrain", "--data", str(data), "--out", str(out), *sets]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+        command = [*launcher, "-m", "lmforge", *args, "--set", "dist.strategy=ddp"]
+    else:
+        command = [sys.executable, "-m", "lmforge", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def _losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.mark.distributed
+def test_two_ddp_processes_follow_one_process_with_the_whole_batch(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(
+        "\n\n".join(f"Line {i}: the cat sat on mat {i % 7} near hat {i % 5}." for i in range(300)),
+        encoding="utf-8",
+    )
+    data = tmp_path / "data"
+    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    one = _pretrain(data, tmp_path / "one", nproc=1, batch=8)
+    assert one.returncode == 0, one.stderr
+    two = _pretrain(data, tmp_path / "two", nproc=2, batch=4)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("trained 6 steps") == 1  # only rank 0 reports
+    expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(got) == len(expected) == 6
+    for a, b in zip(expected, got, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    w1, w2 = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("one", "two"))
+    for name, tensor in w1.items():
+        assert float((tensor - w2[name]).abs().max()) <= 1e-5, name
+    assert not list((tmp_path / "two").glob("**/*.tmp"))
