@@ -25,13 +25,13 @@ from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.sentences import SentenceCorpus
 from lmforge.errors import ConfigError
 from lmforge.finetune import balanced_class_weights, load_finetune_config
-from lmforge.jobs import encoder_metrics
 from lmforge.model import BERT, GPT
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import clm_loss, mlm_nsp_loss
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.tracker import Tracker
 from lmforge.train.trainer import Trainer
+from lmforge.training import encoder_metrics
 
 # ---------------------------------------------------------------- config
 
