@@ -13,13 +13,13 @@ from transformers import (
 )
 
 from lmforge import checkpoint as ckpt
-from lmforge.config import ModelConfig, RunConfig, SamplingConfig
+from lmforge.config import SamplingConfig
 from lmforge.generate import generate_tokens
 from lmforge.interop.hf import export_hf, import_hf
 from lmforge.model import GPT
 from lmforge.tokenizer import Tokenizer
 
-from .twins import TORTURE, random_ids, right_padding, scaled_init
+from .twins import TORTURE, random_ids, right_padding, scaled_init, tiny_run
 
 ATOL = 1e-4
 
@@ -113,18 +113,7 @@ def test_import_rebuilds_the_tokenizer_from_vocab_and_merges(
 
 
 def _our_run(tmp_path: Path, tokenizer: Tokenizer, **model: object) -> Path:
-    cfg = RunConfig(
-        model=ModelConfig(
-            vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=32, block_size=48, **model
-        )
-    )
-    torch.manual_seed(0)
-    net = ckpt.build_model(cfg)
-    scaled_init(net)
-    run = tmp_path / "ours"
-    ckpt.write_run_files(run, cfg, tokenizer)
-    ckpt.save_weights(net, run / ckpt.MODEL_FILE)
-    return run
+    return tiny_run(tmp_path / "ours", tokenizer, **model)
 
 
 @pytest.mark.parametrize(

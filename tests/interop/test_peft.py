@@ -11,30 +11,18 @@ from transformers import AutoModelForCausalLM, BertForPreTraining
 
 from lmforge import checkpoint as ckpt
 from lmforge.adapters import save_adapter
-from lmforge.config import ModelConfig, RunConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import export_hf
 from lmforge.model.lora import add_lora
 from lmforge.tokenizer import Tokenizer
 
-from .twins import random_ids, right_padding, scaled_init
+from .twins import random_ids, right_padding, tiny_run
 
 ATOL = 1e-4
 
 
 def _base_run(tmp_path: Path, tokenizer: Tokenizer, **model: object) -> Path:
-    cfg = RunConfig(
-        model=ModelConfig(
-            vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=32, block_size=48, **model
-        )
-    )
-    torch.manual_seed(0)
-    net = ckpt.build_model(cfg)
-    scaled_init(net)
-    run = tmp_path / "base"
-    ckpt.write_run_files(run, cfg, tokenizer)
-    ckpt.save_weights(net, run / ckpt.MODEL_FILE)
-    return run
+    return tiny_run(tmp_path / "base", tokenizer, **model)
 
 
 def _adapter_run(

@@ -1,6 +1,12 @@
 """Shared pieces of the interop tests: a Unicode torture text and twin-building helpers."""
 
+from pathlib import Path
+
 import torch
+
+from lmforge import checkpoint as ckpt
+from lmforge.config import ModelConfig, RunConfig
+from lmforge.tokenizer import Tokenizer
 
 TORTURE = (
     "Héllo wörld — naïve café, ñandú; 日本語のテキスト、中文字符 🤖🚀 e\u0301 ﬁne\t tabs\n\n"
@@ -32,3 +38,18 @@ def random_ids(vocab: int, shape: tuple[int, int], seed: int = 0) -> torch.Tenso
 def right_padding(lengths: list[int], width: int) -> torch.Tensor:
     """(B, width) attention mask, 1 on the first lengths[i] positions."""
     return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def tiny_run(directory: Path, tokenizer: Tokenizer, **model: object) -> Path:
+    """An lmforge run directory holding a small GPT (scaled init) with tokenizer's vocabulary."""
+    cfg = RunConfig(
+        model=ModelConfig(
+            vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_embd=32, block_size=48, **model
+        )
+    )
+    torch.manual_seed(0)
+    net = ckpt.build_model(cfg)
+    scaled_init(net)
+    ckpt.write_run_files(directory, cfg, tokenizer)
+    ckpt.save_weights(net, directory / ckpt.MODEL_FILE)
+    return directory
