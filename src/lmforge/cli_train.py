@@ -2,6 +2,8 @@
 
 import argparse
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 from lmforge import jobs
@@ -79,6 +81,12 @@ def add_pretrain(verbs: argparse._SubParsersAction, config_keys: str) -> None:
         help="override a config key, e.g. --set train.max_steps=2000 (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="start this many DDP worker processes here (torchrun; gloo on CPU) instead of one",
+    )
 
 
 def add_predict(verbs: argparse._SubParsersAction) -> None:
@@ -143,8 +151,29 @@ def run_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def worker_command(args: argparse.Namespace) -> list[str]:
+    """The torchrun command that runs this pretrain as args.nproc DDP workers."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(args.nproc), "-m", "lmforge", "pretrain"]
+    for flag in ("config", "data", "out", "resume"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.set:
+        command += ["--set", item]
+    if not any(item.strip().startswith("dist.strategy=") for item in args.set):
+        command += ["--set", "dist.strategy=ddp"]
+    return command + (["--overwrite"] if args.overwrite else [])
+
+
 def run_pretrain(args: argparse.Namespace) -> None:
     """Pretrain (or resume) and report the validation metrics before and after."""
+    if args.nproc < 1:
+        raise LMForgeError("--nproc must be >= 1")
+    if args.nproc > 1:
+        done = subprocess.run(worker_command(args), check=False)
+        if done.returncode:
+            raise LMForgeError(f"a worker process failed (exit {done.returncode}); see above")
+        return
     if args.resume:
         if args.config or args.data or args.out:
             raise LMForgeError(

@@ -64,3 +64,25 @@ def test_two_ddp_processes_follow_one_process_with_the_whole_batch(tmp_path: Pat
     for name, tensor in w1.items():
         assert float((tensor - w2[name]).abs().max()) <= 1e-5, name
     assert not list((tmp_path / "two").glob("**/*.tmp"))
+
+
+@pytest.mark.distributed
+def test_nproc_starts_the_workers_itself(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"Row {i}: a dog ran {i % 9} laps." for i in range(300)))
+    data = tmp_path / "data"
+    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    sets = [x for s in [*SETS, "train.batch_size=4"] for x in ("--set", s)]
+    command = [sys.executable, "-m", "lmforge", "pretrain", "--data", str(data)]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "run"), *sets, "--nproc", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("trained 6 steps") == 1
+    assert "2 processes" in done.stderr
+    torchrun = _pretrain(data, tmp_path / "torchrun", nproc=2, batch=4)
+    assert torchrun.returncode == 0, torchrun.stderr
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "torchrun")
