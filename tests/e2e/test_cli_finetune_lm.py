@@ -155,3 +155,16 @@ def test_an_adapter_run_is_a_base_for_full_fine_tuning_but_not_for_new_adapters(
     capsys.readouterr()
     code = main([*args, "--out", str(tmp_path / "again"), "--lora-r", "2"])
     assert_user_error(code, capsys, "itself a LoRA adapter run", "lora merge")
+
+
+def test_export_hf_of_an_adapter_run_writes_base_and_peft_adapter(
+    lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "hf"
+    assert main(["export", "hf", str(lora_run), "--out", str(out)]) == 0
+    assert (out / "config.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    record = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert record["peft_type"] == "LORA"
+    assert record["r"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
