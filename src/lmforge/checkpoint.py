@@ -85,10 +85,14 @@ def weights_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return clean_state_dict(model)
 
 
-def save_weights(model: nn.Module, path: Path, step: int = 0) -> None:
-    """The weights (see weights_to_save) as safetensors, atomically."""
+def save_weights(
+    model: nn.Module, path: Path, step: int = 0, tensors: dict[str, torch.Tensor] | None = None
+) -> None:
+    """The weights (see weights_to_save, or `tensors` gathered by the caller, e.g. from FSDP
+    shards) as safetensors, atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(weights_to_save(model), str(tmp), metadata={"format": "pt", "step": str(step)})
+    tensors = weights_to_save(model) if tensors is None else tensors
+    save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step)})
     os.replace(tmp, path)
 
 
@@ -136,7 +140,12 @@ def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, trainer_state: dict[str, Any], is_best: bool, keep_last: int
+    run_dir: Path,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    is_best: bool,
+    keep_last: int,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoints/step_N atomically, mirror it at the top level, keep the last K and best."""
     step = trainer_state["state"]["step"]
@@ -145,7 +154,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / STATE_DIR).mkdir(parents=True)
     weights = weights_name(model)
-    save_weights(model, tmp / weights, step)
+    save_weights(model, tmp / weights, step, tensors)
     torch.save(trainer_state, tmp / STATE_DIR / STATE_FILE)
     write_text_atomic(tmp / STATE_DIR / "state.json", json.dumps(trainer_state["state"], indent=2))
     shutil.rmtree(final, ignore_errors=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from lmforge import checkpoint as ckpt
@@ -16,7 +18,7 @@ from lmforge.config import RunConfig
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards
-from lmforge.errors import ConfigError, DataError, LMForgeError
+from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import (
     DistContext,
@@ -141,9 +143,9 @@ def train(
 
 def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:
     """The process group of a torchrun launch (dist.strategy ddp), or a single process."""
-    if cfg.dist.strategy == "fsdp":
-        raise ConfigError("dist.strategy=fsdp is not available yet; use dist.strategy=ddp")
     ctx = init_distributed(device.type)
+    if not ctx.is_main:  # one voice: the other workers only warn
+        logging.getLogger("lmforge").setLevel(logging.WARNING)
     if ctx.active and cfg.dist.strategy == "none":
         shutdown()
         raise ConfigError(
@@ -151,6 +153,26 @@ def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:
             "add --set dist.strategy=ddp"
         )
     return ctx
+
+
+def shard(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    """FSDP2: shard every block, then the rest at the root; bf16 compute with fp32 gradient
+    reduction on CUDA when train.dtype=bfloat16."""
+    policy = MixedPrecisionPolicy()
+    if device.type == "cuda" and cfg.train.dtype == "bfloat16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded model on the CPU, each tied tensor once."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    tensors = get_model_state_dict(model, options=options)
+    if getattr(model.cfg, "tie_weights", False):
+        tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
+    return {name: t.contiguous() for name, t in tensors.items()}
 
 
 def _global_sources(
@@ -187,16 +209,22 @@ def _train_here(
     model = model.to(device)
     if resume_from is not None:
         ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
-    optimizer = build_optimizer(model, cfg.train)
     train_model = torch.compile(model) if cfg.train.compile else model
-    if ctx.active:
+    fsdp = ctx.active and cfg.dist.strategy == "fsdp"
+    if fsdp:
+        shard(model, cfg, device)  # in place: model's parameters become DTensor shards
+    elif ctx.active:
         ids = [ctx.local_rank] if device.type == "cuda" else None
         train_model = DistributedDataParallel(train_model, device_ids=ids)
+    optimizer = build_optimizer(model, cfg.train)  # after sharding: it steps the shards
     loss, metrics = plan.objective or _objective(cfg)
 
     def save(state: dict[str, Any], best: bool) -> None:
+        tensors = full_weights(model) if fsdp else None  # a collective: every rank joins
+        if fsdp:  # the optimizer's DTensor shards are not saved: no resume (yet)
+            state = {**state, "optimizer": None}
         if ctx.is_main:  # one writer; the others wait for it
-            ckpt.save_checkpoint(run_dir, model, state, best, cfg.train.keep_last)
+            ckpt.save_checkpoint(run_dir, model, state, best, cfg.train.keep_last, tensors)
         barrier(ctx)
 
     trainer = Trainer(
@@ -210,7 +238,13 @@ def _train_here(
         metrics=metrics,
     )
     if resume_from is not None:
-        trainer.load_state_dict(ckpt.load_trainer_state(resume_from))
+        saved = ckpt.load_trainer_state(resume_from)
+        if saved.get("optimizer") is None:
+            raise CheckpointError(
+                f"{resume_from} was written by a dist.strategy=fsdp run, whose optimizer shards "
+                "are not saved yet; it cannot resume exactly (start a new run from its weights)"
+            )
+        trainer.load_state_dict(saved)
     start = trainer.state.step
     if trainer.state.stopped_early:
         raise LMForgeError(
@@ -241,6 +275,7 @@ def _train_here(
         cfg.train.max_steps,
         start,
         cfg.train.progress and ctx.is_main,
+        verbose=ctx.is_main,
     )
     try:
         state = trainer.fit()

@@ -26,12 +26,14 @@ SETS = [
 ]
 
 
-def _pretrain(data: Path, out: Path, nproc: int, batch: int) -> subprocess.CompletedProcess:
+def _pretrain(
+    data: Path, out: Path, nproc: int, batch: int, strategy: str = "ddp"
+) -> subprocess.CompletedProcess:
     sets = [x for s in [*SETS, f"train.batch_size={batch}"] for x in ("--set", s)]
     args = ["pretrain", "--data", str(data), "--out", str(out), *sets]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-        command = [*launcher, "-m", "lmforge", *args, "--set", "dist.strategy=ddp"]
+        command = [*launcher, "-m", "lmforge", *args, "--set", f"dist.strategy={strategy}"]
     else:
         command = [sys.executable, "-m", "lmforge", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -43,7 +45,10 @@ def _losses(run: Path) -> list[float]:
 
 
 @pytest.mark.distributed
-def test_two_ddp_processes_follow_one_process_with_the_whole_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "tolerance"), [("ddp", 1e-5), ("fsdp", 1e-4)])
+def test_two_processes_follow_one_process_with_the_whole_batch(
+    tmp_path: Path, strategy: str, tolerance: float
+) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text(
         "\n\n".join(f"Line {i}: the cat sat on mat {i % 7} near hat {i % 5}." for i in range(300)),
@@ -53,16 +58,18 @@ def test_two_ddp_processes_follow_one_process_with_the_whole_batch(tmp_path: Pat
     prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
     one = _pretrain(data, tmp_path / "one", nproc=1, batch=8)
     assert one.returncode == 0, one.stderr
-    two = _pretrain(data, tmp_path / "two", nproc=2, batch=4)
+    two = _pretrain(data, tmp_path / "two", nproc=2, batch=4, strategy=strategy)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("trained 6 steps") == 1  # only rank 0 reports
+    assert two.stderr.count("step 6: val loss") == 1
     expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(got) == len(expected) == 6
     for a, b in zip(expected, got, strict=True):
-        assert abs(a - b) <= 1e-5 * abs(a)
+        assert abs(a - b) <= tolerance * abs(a)
     w1, w2 = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("one", "two"))
+    assert set(w1) == set(w2)
     for name, tensor in w1.items():
-        assert float((tensor - w2[name]).abs().max()) <= 1e-5, name
+        assert float((tensor - w2[name]).abs().max()) <= tolerance, name
     assert not list((tmp_path / "two").glob("**/*.tmp"))
 
 

@@ -18,8 +18,15 @@ LOSS_PLOT = "loss.png"
 class Tracker:
     """Appends records to run_dir/metrics.jsonl, drives a tqdm bar and redraws loss.png on eval."""
 
-    def __init__(self, run_dir: Path | None, total_steps: int, start_step: int, progress: bool):
-        self.run_dir = run_dir
+    def __init__(
+        self,
+        run_dir: Path | None,
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+        verbose: bool = True,
+    ):
+        self.run_dir, self.verbose = run_dir, verbose  # verbose False: a silent worker rank
         self.train_points: list[tuple[int, float]] = []
         self.val_points: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}  # the newest evaluation record
@@ -73,7 +80,8 @@ class Tracker:
 
     def write(self, message: str) -> None:
         """Print a line to stderr without breaking the progress bar."""
-        self.bar.write(message, file=sys.stderr)
+        if self.verbose:
+            self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

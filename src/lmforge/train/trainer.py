@@ -142,6 +142,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         # foreach: one fused kernel over all gradients instead of one norm per tensor
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
+            norm = norm.full_tensor()
         grad_norm = norm.item()
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             self._skip_step(step, total_loss, grad_norm)
