@@ -116,7 +116,8 @@ def main() -> None:
     ddp, fsdp = peak_memory("ddp"), peak_memory("fsdp")
     print(
         f"peak RSS per rank ({ddp['params']:,} parameters): DDP {ddp['peak_mb_per_rank']} MB, "
-        f"FSDP {fsdp['peak_mb_per_rank']} MB"
+        f"FSDP {fsdp['peak_mb_per_rank']} MB; weights + grads + AdamW per rank: DDP "
+        f"{ddp['state_mb_per_rank']} MB, FSDP {fsdp['state_mb_per_rank']} MB"
     )
     result = {
         "single_tokens_per_s": round(one),
