@@ -139,6 +139,18 @@ def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None
     tokenizer.save(run_dir / TOKENIZER_FILE)
 
 
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoints/step_N is assembled (by every rank, for sharded state) before renaming."""
+    return run_dir / CHECKPOINTS_DIR / f"step_{step:07d}.tmp"
+
+
+def fresh_staging_dir(run_dir: Path, step: int) -> Path:
+    tmp = staging_dir(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / STATE_DIR).mkdir(parents=True)
+    return tmp
+
+
 def save_checkpoint(
     run_dir: Path,
     model: nn.Module,
@@ -146,13 +158,13 @@ def save_checkpoint(
     is_best: bool,
     keep_last: int,
     tensors: dict[str, torch.Tensor] | None = None,
+    staged: bool = False,
 ) -> Path:
-    """Write checkpoints/step_N atomically, mirror it at the top level, keep the last K and best."""
+    """Write checkpoints/step_N atomically, mirror it at the top level, keep the last K and best.
+    staged: the staging directory already holds files (sharded optimizer state) to keep."""
     step = trainer_state["state"]["step"]
     final = run_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / STATE_DIR).mkdir(parents=True)
+    tmp = staging_dir(run_dir, step) if staged else fresh_staging_dir(run_dir, step)
     weights = weights_name(model)
     save_weights(model, tmp / weights, step, tensors)
     torch.save(trainer_state, tmp / STATE_DIR / STATE_FILE)

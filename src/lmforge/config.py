@@ -143,8 +143,11 @@ class TrainConfig:
     max_bad_steps: int = param(5, "consecutive non-finite steps that stop the run")
     seed: int = param(1337, "seed of every random choice (init, batches, dropout)")
     device: str = param("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = param("float32", "float32, or bfloat16 autocast (only fast on GPUs)")
-    compile: bool = param(False, "compile the model with torch.compile")
+    dtype: str = param(
+        "float32",
+        "float32, or autocast to bfloat16 or float16 (with a loss scaler); fast on GPUs only",
+    )
+    compile: bool = param(False, "torch.compile each block (the first steps compile)")
     progress: bool = param(True, "show a progress bar")
     objective: str = param(
         "clm",
@@ -179,7 +182,10 @@ class TrainConfig:
         _require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay, grad_clip >= 0")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
         _require(self.eps > 0, "train.eps must be > 0")
-        _require(self.dtype in ("float32", "bfloat16"), "train.dtype must be float32 or bfloat16")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            "train.dtype must be float32, bfloat16 or float16",
+        )
         _require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"train.device: unknown device {self.device!r}; use auto, cpu or cuda",

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from lmforge import checkpoint as ckpt
@@ -18,18 +16,31 @@ from lmforge.config import RunConfig
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards
-from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
+from lmforge.errors import ConfigError, DataError, LMForgeError
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import (
     DistContext,
     barrier,
+    full_weights,
     init_distributed,
     rank_rows,
+    shard,
     shutdown,
 )
 from lmforge.train.objectives import clm_loss, mlm_nsp_loss, mlm_nsp_metrics
 from lmforge.train.optim import build_optimizer
-from lmforge.train.runtime import choose_device, keep_freed_memory, seed_everything
+from lmforge.train.optimizer_state import (
+    OPTIMIZER_DIR,
+    load_optimizer_state,
+    save_optimizer_state,
+)
+from lmforge.train.runtime import (
+    choose_device,
+    compile_blocks,
+    keep_freed_memory,
+    seed_everything,
+    warn_if_slow,
+)
 from lmforge.train.tracker import LOSS_PLOT, Tracker
 from lmforge.train.trainer import Evaluator, Objective, Trainer
 
@@ -133,6 +144,8 @@ def train(
     plan = plan or TrainingPlan(objective=objective)
     device = choose_device(cfg.train.device)
     ctx = _join_processes(cfg, device)
+    if ctx.is_main:
+        warn_if_slow(device, cfg.train.dtype)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     try:
@@ -155,26 +168,6 @@ def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:
     return ctx
 
 
-def shard(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> None:
-    """FSDP2: shard every block, then the rest at the root; bf16 compute with fp32 gradient
-    reduction on CUDA when train.dtype=bfloat16."""
-    policy = MixedPrecisionPolicy()
-    if device.type == "cuda" and cfg.train.dtype == "bfloat16":
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for block in model.blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-
-
-def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole weights of a sharded model on the CPU, each tied tensor once."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    tensors = get_model_state_dict(model, options=options)
-    if getattr(model.cfg, "tie_weights", False):
-        tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
-    return {name: t.contiguous() for name, t in tensors.items()}
-
-
 def _global_sources(
     cfg: RunConfig, plan: TrainingPlan, ctx: DistContext
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]], Tokenizer | None]:
@@ -191,15 +184,15 @@ def _global_sources(
     return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer
 
 
-def _train_here(
+def _prepare_model(
     cfg: RunConfig,
-    run_dir: Path,
-    resume_from: Path | None,
     plan: TrainingPlan,
     device: torch.device,
     ctx: DistContext,
-) -> dict[str, Any]:
-    train_batch, val_batches, tokenizer = _global_sources(cfg, plan, ctx)
+    resume_from: Path | None,
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model (its weights resumed, blocks compiled or checkpointed as configured) and the
+    module the trainer calls: the model itself (FSDP shards it in place) or its DDP wrapper."""
     if device.type == "cpu":
         keep_freed_memory()
     seed_everything(cfg.train.seed)
@@ -209,24 +202,91 @@ def _train_here(
     model = model.to(device)
     if resume_from is not None:
         ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
-    train_model = torch.compile(model) if cfg.train.compile else model
-    fsdp = ctx.active and cfg.dist.strategy == "fsdp"
-    if fsdp:
-        shard(model, cfg, device)  # in place: model's parameters become DTensor shards
-    elif ctx.active:
+    model.activation_checkpointing = cfg.dist.activation_checkpointing
+    if cfg.train.compile:
+        compile_blocks(model)
+    if ctx.active and cfg.dist.strategy == "fsdp":
+        shard(model, cfg.train.dtype, device)  # in place: parameters become DTensor shards
+        return model, model
+    if ctx.active:
         ids = [ctx.local_rank] if device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=ids)
-    optimizer = build_optimizer(model, cfg.train)  # after sharding: it steps the shards
-    loss, metrics = plan.objective or _objective(cfg)
+        return model, DistributedDataParallel(model, device_ids=ids)
+    return model, model
+
+
+def _saver(
+    cfg: RunConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistContext,
+) -> Callable[[dict[str, Any], bool], None]:
+    """Checkpoints: full weights (gathered from FSDP shards) and trainer state written by rank
+    0, the optimizer state written by every rank as DCP shards that any world size can read."""
+    fsdp = ctx.active and cfg.dist.strategy == "fsdp"
 
     def save(state: dict[str, Any], best: bool) -> None:
+        step = state["state"]["step"]
         tensors = full_weights(model) if fsdp else None  # a collective: every rank joins
-        if fsdp:  # the optimizer's DTensor shards are not saved: no resume (yet)
-            state = {**state, "optimizer": None}
+        if ctx.is_main:
+            ckpt.fresh_staging_dir(run_dir, step)
+        barrier(ctx)
+        staged = ckpt.staging_dir(run_dir, step) / ckpt.STATE_DIR / OPTIMIZER_DIR
+        save_optimizer_state(model, optimizer, staged)  # a collective too
+        state = {**state, "optimizer": None, "dist": _layout(cfg, ctx)}
         if ctx.is_main:  # one writer; the others wait for it
-            ckpt.save_checkpoint(run_dir, model, state, best, cfg.train.keep_last, tensors)
+            keep = cfg.train.keep_last
+            ckpt.save_checkpoint(run_dir, model, state, best, keep, tensors, staged=True)
         barrier(ctx)
 
+    return save
+
+
+def _layout(cfg: RunConfig, ctx: DistContext) -> dict[str, int]:
+    """How the global batch was split, so a resume at another world size can keep it."""
+    return {"world_size": ctx.world_size, "batch_size": cfg.train.batch_size}
+
+
+def same_global_batch(cfg: RunConfig, saved: dict[str, Any], world_size: int) -> RunConfig:
+    """Resuming on another number of processes: split the same global batch over them (unless
+    train.batch_size was changed too), so the run continues with the same batches."""
+    layout = saved.get("dist")  # None: a new run, or a checkpoint older than this record
+    if layout is None or layout["world_size"] == world_size:
+        return cfg
+    if cfg.train.batch_size != layout["batch_size"]:
+        return cfg
+    rows = layout["world_size"] * layout["batch_size"]
+    if rows % world_size:
+        raise ConfigError(
+            f"the run's global batch of {rows} rows ({layout['world_size']} processes x "
+            f"{layout['batch_size']}) does not split over {world_size} processes; resume on a "
+            "number of processes that divides it, or set train.batch_size"
+        )
+    log.info(
+        "resuming a %d-process run on %d: train.batch_size %d -> %d keeps the global batch of %d",
+        layout["world_size"],
+        world_size,
+        layout["batch_size"],
+        rows // world_size,
+        rows,
+    )
+    return replace(cfg, train=replace(cfg.train, batch_size=rows // world_size))
+
+
+def _train_here(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume_from: Path | None,
+    plan: TrainingPlan,
+    device: torch.device,
+    ctx: DistContext,
+) -> dict[str, Any]:
+    saved = ckpt.load_trainer_state(resume_from) if resume_from is not None else {}
+    cfg = same_global_batch(cfg, saved, ctx.world_size)
+    train_batch, val_batches, tokenizer = _global_sources(cfg, plan, ctx)
+    model, train_model = _prepare_model(cfg, plan, device, ctx, resume_from)
+    optimizer = build_optimizer(model, cfg.train)  # after sharding: it steps the shards
+    loss, metrics = plan.objective or _objective(cfg)
     trainer = Trainer(
         train_model,
         optimizer,
@@ -234,17 +294,14 @@ def _train_here(
         cfg.train,
         loss,
         val_batches,
-        save=save,
+        save=_saver(cfg, run_dir, model, optimizer, ctx),
         metrics=metrics,
     )
     if resume_from is not None:
-        saved = ckpt.load_trainer_state(resume_from)
-        if saved.get("optimizer") is None:
-            raise CheckpointError(
-                f"{resume_from} was written by a dist.strategy=fsdp run, whose optimizer shards "
-                "are not saved yet; it cannot resume exactly (start a new run from its weights)"
-            )
         trainer.load_state_dict(saved)
+        if saved.get("optimizer") is None:  # saved apart, sharded: read at this world size
+            path = resume_from / ckpt.STATE_DIR / OPTIMIZER_DIR
+            load_optimizer_state(model, optimizer, path)
     start = trainer.state.step
     if trainer.state.stopped_early:
         raise LMForgeError(

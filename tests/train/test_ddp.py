@@ -1,6 +1,7 @@
 """DDP under torchrun on CPU (gloo): 2 processes with micro batch B follow one process with 2B."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,13 +72,29 @@ def test_two_processes_follow_one_process_with_the_whole_batch(
     for name, tensor in w1.items():
         assert float((tensor - w2[name]).abs().max()) <= tolerance, name
     assert not list((tmp_path / "two").glob("**/*.tmp"))
-    if strategy == "fsdp":  # its optimizer shards are not saved: resuming says so
-        command = [sys.executable, "-m", "lmforge", "pretrain", "--resume", str(tmp_path / "two")]
-        resumed = subprocess.run(
-            [*command, "--set", "train.max_steps=8"], capture_output=True, text=True, timeout=60
-        )
-        assert resumed.returncode == 2
-        assert "optimizer shards" in resumed.stderr
+    _resumes_at_world_size_one(tmp_path, expected, w1, tolerance)
+
+
+def _resumes_at_world_size_one(
+    tmp_path: Path, expected: list[float], weights: dict, tolerance: float
+) -> None:
+    """The 2-process run's step-3 checkpoint continues on 1 process as the 1-process run did:
+    the global batch of 2 x 4 rows becomes 1 x 8 and the optimizer state is resharded."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000006")
+    assert (resumed / "checkpoints" / "step_0000003" / "trainer_state" / "optimizer").is_dir()
+    command = [sys.executable, "-m", "lmforge", "pretrain", "--resume", str(resumed)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "train.batch_size 4 -> 8 keeps the global batch of 8" in done.stderr
+    got = _losses(resumed)
+    assert len(got) == 6
+    for a, b in zip(expected[3:], got[3:], strict=True):
+        assert abs(a - b) <= tolerance * abs(a)
+    final = load_file(str(resumed / "model.safetensors"))
+    for name, tensor in weights.items():
+        assert float((tensor - final[name]).abs().max()) <= tolerance, name
 
 
 @pytest.mark.distributed

@@ -12,7 +12,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, padding_mask
-from lmforge.model.layers import MLP, init_weights, layer_norm
+from lmforge.model.layers import MLP, init_weights, layer_norm, run_block
 
 
 class EncoderBlock(nn.Module):
@@ -50,6 +50,7 @@ class BERT(nn.Module):
         self.emb_ln = layer_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
+        self.activation_checkpointing = False  # recompute each block in training's backward
         self.pooler = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.mlm_transform = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.mlm_ln = layer_norm(cfg)
@@ -79,8 +80,9 @@ class BERT(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = padding_mask(attention_mask.to(torch.bool), T, causal=False)  # (B, 1, T, T)
+        recompute = self.activation_checkpointing and self.training
         for block in self.blocks:
-            x = block(x, mask)
+            x = run_block(block, recompute, x, mask)
         return x
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,14 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, KVCache, padding_mask
-from lmforge.model.layers import MLP, init_weights, layer_norm, rope_cache, rope_table
+from lmforge.model.layers import (
+    MLP,
+    init_weights,
+    layer_norm,
+    rope_cache,
+    rope_table,
+    run_block,
+)
 
 
 class Block(nn.Module):
@@ -60,6 +67,7 @@ class GPT(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.activation_checkpointing = False  # recompute each block in training's backward
         self.ln_f = layer_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -119,8 +127,9 @@ class GPT(nn.Module):
         else:
             rope = self.rope_rotations[positions]  # (T | B T, H + 2 Hkv, D/2)
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training
         for block in self.blocks:
-            x = block(x, rope, kv_cache, mask)
+            x = run_block(block, recompute, x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.ln_f(x)

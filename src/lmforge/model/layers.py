@@ -5,8 +5,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
+
+
+def run_block(block: nn.Module, recompute: bool, *args: object) -> torch.Tensor:
+    """block(*args). recompute (activation checkpointing): keep only the block's input, and run
+    its forward again during the backward pass (less memory, about a third more compute)."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)  # dropout masks are replayed
+    return block(*args)
 
 
 def layer_norm(cfg: ModelConfig) -> nn.LayerNorm:

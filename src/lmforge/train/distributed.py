@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lmforge.data.batches import Batch
 
@@ -83,3 +85,23 @@ def rank_rows(batch: Batch, ctx: DistContext) -> Batch:
         value = getattr(batch, name)
         fields[name] = value[part] if isinstance(value, torch.Tensor) else value
     return Batch(**fields)
+
+
+def shard(model: torch.nn.Module, dtype: str, device: torch.device) -> None:
+    """FSDP2: shard every block, then the rest at the root; bf16 compute with fp32 gradient
+    reduction on CUDA when train.dtype=bfloat16."""
+    policy = MixedPrecisionPolicy()
+    if device.type == "cuda" and dtype == "bfloat16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded model on the CPU, each tied tensor once."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    tensors = get_model_state_dict(model, options=options)
+    if getattr(model.cfg, "tie_weights", False):
+        tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
+    return {name: t.contiguous() for name, t in tensors.items()}

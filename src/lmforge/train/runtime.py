@@ -23,12 +23,29 @@ def choose_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when asked for (weights stay fp32); a no-op for float32."""
+    """bf16 or fp16 autocast when asked for (weights stay fp32); a no-op for float32."""
     if dtype == "float32":
         return contextlib.nullcontext()
-    if device.type == "cpu":
-        log.warning("bfloat16 on this CPU may be far slower than float32 (no native bf16 units)")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def warn_if_slow(device: torch.device, dtype: str) -> None:
+    """Half precision on a CPU is emulated on most chips: say so once, before training."""
+    if dtype != "float32" and device.type == "cpu":
+        log.warning("%s on a CPU may be far slower than float32 (no native units on most)", dtype)
+
+
+def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow: scale the loss up, unscale before clipping, skip overflowing
+    steps and adapt the scale (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type) if dtype == "float16" else None
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile each block in place: identical blocks share one compiled graph, parameter
+    names stay as they are, and FSDP can still shard block by block."""
+    for block in model.blocks:
+        block.compile()
 
 
 def seed_everything(seed: int) -> None:

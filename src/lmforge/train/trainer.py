@@ -15,7 +15,7 @@ from lmforge.data.batches import Batch
 from lmforge.errors import TrainingDiverged
 from lmforge.train.distributed import mean_across_ranks, world_size
 from lmforge.train.optim import lr_at
-from lmforge.train.runtime import autocast
+from lmforge.train.runtime import autocast, grad_scaler
 from lmforge.train.tracker import Tracker
 
 Objective = Callable[[nn.Module, Batch], torch.Tensor]
@@ -62,6 +62,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.state = TrainerState()
         self.tracker = tracker
+        self.scaler = grad_scaler(self.device, cfg.dtype)  # fp16 only
         self._bad_in_a_row = 0
 
     def fit(self, stop_at: int | None = None) -> TrainerState:
@@ -134,26 +135,48 @@ class Trainer:
             with sync:
                 with autocast(self.device, cfg.dtype):
                     loss = self.objective(self.model, batch) / cfg.grad_accum
-                loss.backward()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.item()
             tokens += batch.num_tokens
         total_loss = mean_across_ranks(total_loss)  # the global batch's loss on every rank
         tokens *= world_size()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # true gradients, for the norm and clipping
         params = [p for p in self.model.parameters() if p.grad is not None]
         # foreach: one fused kernel over all gradients instead of one norm per tensor
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
             norm = norm.full_tensor()
         grad_norm = norm.item()
+        if self.scaler is not None and math.isfinite(total_loss) and not math.isfinite(grad_norm):
+            self._overflow(step)
+            return total_loss, grad_norm, tokens
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             self._skip_step(step, total_loss, grad_norm)
             return total_loss, grad_norm, tokens
         self._bad_in_a_row = 0
         if 0 < cfg.grad_clip < grad_norm:  # below the threshold the scale would be exactly 1
             torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm, foreach=True)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm, tokens
+
+    def _overflow(self, step: int) -> None:
+        """fp16 gradients overflowed at this loss scale: skip the update, halve the scale. Normal
+        in the first steps while the scaler finds its level; not a sign of divergence."""
+        self.scaler.step(self.optimizer)  # sees the infs that unscale_ found: does not step
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        if self.tracker:
+            self.tracker.write(
+                f"step {step + 1}: fp16 gradients overflowed; update skipped, loss scale "
+                f"lowered to {self.scaler.get_scale():g}"
+            )
 
     def _skip_step(self, step: int, loss: float, grad_norm: float) -> None:
         """The non-finite guard: drop this update, count it, and stop if it keeps happening."""
@@ -232,11 +255,18 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"state": asdict(self.state), "optimizer": self.optimizer.state_dict(), "rng": rng}
+        saved = {"state": asdict(self.state), "optimizer": self.optimizer.state_dict(), "rng": rng}
+        if self.scaler is not None:
+            saved["scaler"] = self.scaler.state_dict()
+        return saved
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Progress and RNG; the optimizer too unless it was saved apart (optimizer None)."""
         self.state = TrainerState(**saved["state"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("optimizer") is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None and "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"]["cpu"])
         if "cuda" in saved["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
