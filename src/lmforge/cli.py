@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -257,6 +258,13 @@ def _run_config(args: argparse.Namespace) -> None:
         print(f"{key:<26} {values[section][name]!r:<12} {help}")
 
 
+def _worker_prefix() -> str:
+    """`rank 1: ` in a worker of a multi-process launch: a failing rank says which it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return f"rank {os.environ['RANK']}: "
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lmforge` console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[args.verb](args)
     except LMForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_worker_prefix()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

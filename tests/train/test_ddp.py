@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,23 @@ def test_nproc_starts_the_workers_itself(tmp_path: Path) -> None:
     torchrun = _pretrain(data, tmp_path / "torchrun", nproc=2, batch=4)
     assert torchrun.returncode == 0, torchrun.stderr
     assert _losses(tmp_path / "run") == _losses(tmp_path / "torchrun")
+
+
+@pytest.mark.distributed
+def test_a_failing_rank_takes_the_job_down_with_its_message(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"Row {i}: a hen laid {i % 9} eggs." for i in range(300)))
+    data = tmp_path / "data"
+    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    sets = [x for s in [*SETS, "train.batch_size=4", "dist.strategy=ddp"] for x in ("--set", s)]
+    worker = Path(__file__).with_name("failing_worker.py")  # rank 1 raises at step 2
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    args = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), *sets]
+    start = time.monotonic()
+    done = subprocess.run(
+        [*launcher, str(worker), *args], capture_output=True, text=True, timeout=60
+    )
+    assert time.monotonic() - start < 30
+    assert done.returncode != 0
+    assert "error: rank 1: shard 3 cannot be read on this node" in done.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # no step was completed
