@@ -4,7 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmforge.compress import quantize as quantize_module
 from lmforge.compress.quantize import (
+    DequantizedInt8Linear,
     int8_per_channel,
     int8_tensors,
     linear_weight_bytes,
@@ -28,6 +30,15 @@ def _ids() -> torch.Tensor:
     return torch.randint(0, 211, (3, 32), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(params=["int8 kernel everywhere", "small layers dequantized"])
+def small_layers(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with PyTorch's dynamic int8 kernel in every layer, and with the default
+    choice (this test model's layers are all below DYNAMIC_MIN_ELEMENTS)."""
+    if request.param == "int8 kernel everywhere":
+        monkeypatch.setattr(quantize_module, "DYNAMIC_MIN_ELEMENTS", 0)
+    return request.param
+
+
 def test_per_channel_int8_rounds_each_weight_to_half_a_step() -> None:
     w = torch.randn(16, 40) * torch.logspace(-3, 1, 16)[:, None]  # rows of very different scale
     q, scale = int8_per_channel(w)
@@ -37,6 +48,7 @@ def test_per_channel_int8_rounds_each_weight_to_half_a_step() -> None:
     assert bool((error <= scale[:, None] / 2 + 1e-7).all())
 
 
+@pytest.mark.usefixtures("small_layers")
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight-only"])
 def test_quantized_logits_stay_close_to_the_float_ones(scheme: str) -> None:
     model = _model()
@@ -60,6 +72,7 @@ def test_linear_weights_shrink_about_four_times() -> None:
     assert 3.5 < ratio <= 4.0
 
 
+@pytest.mark.usefixtures("small_layers")
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight-only"])
 def test_save_and_load_give_the_same_logits(tmp_path, scheme: str) -> None:
     quantized, _ = quantize_int8(_model(), scheme)
@@ -69,6 +82,25 @@ def test_save_and_load_give_the_same_logits(tmp_path, scheme: str) -> None:
     loaded = load_int8(GPT(CFG), load_file(str(tmp_path / "q.safetensors")), scheme)
     with torch.no_grad():
         torch.testing.assert_close(loaded(_ids()), quantized(_ids()), atol=0, rtol=0)
+
+
+def test_only_layers_large_enough_for_the_int8_kernel_use_it() -> None:
+    """A 64x256 MLP layer runs fp32 from a dequantized copy (the int8 call would cost more than
+    the product); a 1024x512 one runs PyTorch's dynamic int8 kernel. Both store int8."""
+    cfg = ModelConfig(n_layer=1, n_head=4, n_embd=64, block_size=8, vocab_size=4096)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    quantized, _ = quantize_int8(model, "int8-dynamic")
+    assert isinstance(quantized.blocks[0].mlp.fc, DequantizedInt8Linear)
+    assert not isinstance(quantized.lm_head, DequantizedInt8Linear)  # 4096 x 64 = 2^18
+    assert "lm_head" in quantized_layers(quantized)
+    fc = quantized.blocks[0].mlp.fc
+    torch.testing.assert_close(fc.weight, fc.weight_int8.float() * fc.weight_scale[:, None])
+    stored, resident = linear_weight_bytes(quantized), linear_weight_bytes(quantized, True)
+    assert resident - stored == 4 * sum(
+        m.weight.numel() for m in quantized.modules() if isinstance(m, DequantizedInt8Linear)
+    )
+    assert set(int8_tensors(quantized)) == set(int8_tensors(quantize_int8(model)[0]))
 
 
 def test_loading_weights_of_another_model_names_the_problem() -> None:

@@ -17,11 +17,18 @@ def _gpt(bias: bool = True) -> GPT:
     return GPT(cfg).eval()
 
 
+@pytest.fixture
+def always_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route even these tiny products through oneDNN, so that its path is what gets tested."""
+    monkeypatch.setattr(packed_module, "PACK_ALWAYS", 0)
+
+
 def _patched(model: torch.nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if "forward" in m.__dict__]
 
 
 @needs_onednn
+@pytest.mark.usefixtures("always_pack")
 @pytest.mark.parametrize("bias", [True, False])
 def test_packed_gpt_logits_equal_the_plain_ones(bias: bool) -> None:
     model = _gpt(bias)
@@ -38,6 +45,7 @@ def test_packed_gpt_logits_equal_the_plain_ones(bias: bool) -> None:
 
 
 @needs_onednn
+@pytest.mark.usefixtures("always_pack")
 def test_packed_bert_outputs_equal_the_plain_ones() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -57,6 +65,7 @@ def test_packed_bert_outputs_equal_the_plain_ones() -> None:
 
 
 @needs_onednn
+@pytest.mark.usefixtures("always_pack")
 def test_gradients_inside_the_block_are_the_plain_ones() -> None:
     model = _gpt()
     ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(3))
@@ -88,3 +97,24 @@ def test_disabled_or_unavailable_packing_changes_nothing(monkeypatch: pytest.Mon
         with packed_linears(model) as count:
             assert count == 0
             torch.testing.assert_close(model(ids), plain, atol=0, rtol=0)
+
+
+@needs_onednn
+def test_small_products_skip_the_fixed_cost_of_a_onednn_call(monkeypatch) -> None:
+    """A decoding step of a small model (one row, 128x384 weight) runs the BLAS product;
+    a large weight, or many rows, the packed one."""
+    assert not packed_module._worth_packing(1, 128 * 384)
+    assert not packed_module._worth_packing(8, 128 * 512)
+    assert packed_module._worth_packing(1024, 128 * 384)
+    assert packed_module._worth_packing(1, 768 * 768)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(
+        packed_module, "_onednn_linear", lambda *a: calls.append(1) or real(*a), raising=True
+    )
+    model = _gpt()
+    with torch.inference_mode(), packed_linears(model):
+        model(torch.randint(0, 61, (1, 4)))
+        assert calls == []
+        model(torch.randint(0, 61, (128, 16)))  # 2,048 rows x 1,024-2,048 weights
+        assert len(calls) >= 4

@@ -44,6 +44,23 @@ class WeightOnlyInt8Linear(nn.Module):
         return F.linear(x, weight, self.bias)
 
 
+class DequantizedInt8Linear(WeightOnlyInt8Linear):
+    """A small int8 layer of a dynamic-int8 model: stored as int8, run in fp32 from a copy
+    dequantized once. PyTorch's dynamic int8 kernel costs ~15 us a call whatever the size,
+    while a 128x384 fp32 product with one row takes ~4 us: below DYNAMIC_MIN_ELEMENTS int8
+    would make decoding slower (docs/benchmarks.md)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(q, scale, bias)
+        self.register_buffer("weight", q.float() * scale.float()[:, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+DYNAMIC_MIN_ELEMENTS = 1 << 18  # from 512x512 up the int8 kernel is as fast or faster
+
+
 def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 with one scale per row: q = round(w / s), s = max|w_row| / 127."""
     scale = weight.detach().abs().amax(dim=1).float().clamp(min=1e-12) / 127
@@ -68,7 +85,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _dynamic_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """PyTorch's dynamic int8 Linear holding exactly these int8 values and scales."""
+    """PyTorch's dynamic int8 Linear holding exactly these int8 values and scales (a
+    DequantizedInt8Linear for a layer too small for the int8 kernel to pay off)."""
+    if q.numel() < DYNAMIC_MIN_ELEMENTS:
+        return DequantizedInt8Linear(q, scale, bias)
     out_features, in_features = q.shape
     zeros = torch.zeros(out_features, dtype=torch.long)
     with warnings.catch_warnings():  # quantized-tensor creation is marked deprecated in 2.10+
@@ -181,13 +201,16 @@ def load_quantized(run_dir: Path, float_model: nn.Module) -> nn.Module:
     return load_int8(float_model, tensors, scheme)
 
 
-def linear_weight_bytes(model: nn.Module) -> int:
-    """Bytes of the linear layers' weights (int8 values and their scales once quantized)."""
+def linear_weight_bytes(model: nn.Module, resident: bool = False) -> int:
+    """Bytes of the linear layers' weights as stored (int8 values and their scales once
+    quantized); resident: as held in memory, counting dequantized fp32 copies too."""
     total = 0
     for module in model.modules():
         parts = int8_parts(module)
         if parts is not None:
             total += parts[0].numel() + parts[1].numel() * parts[1].element_size()
+            if resident and isinstance(module, DequantizedInt8Linear):
+                total += module.weight.numel() * module.weight.element_size()
         elif isinstance(module, nn.Linear):
             total += module.weight.numel() * module.weight.element_size()
     return total

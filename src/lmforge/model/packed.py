@@ -7,6 +7,10 @@ blocked layout its kernels read best and then runs the same fp32 products (outpu
 ~1e-6). Measured on a 2-core AMD EPYC with AVX-512, GPT-2-small shape, batch 1: the weights
 stream at ~42 GB/s instead of ~18 (docs/benchmarks.md). The packed copy costs one more weight's
 worth of memory while it lives.
+
+Calling a oneDNN primitive costs ~13 us whatever its size, while the BLAS product of a small
+matrix with a few rows takes 2-5 us: a layer takes the packed path only where the work is big
+enough to repay that (see _worth_packing; measured on the same machine, docs/benchmarks.md).
 """
 
 from collections.abc import Iterator
@@ -40,12 +44,31 @@ def _packable(module: nn.Module) -> bool:
     )
 
 
+PACK_ALWAYS = 384 * 1024  # weight elements: from here packing wins even for one row
+PACK_WORK = 1 << 21  # rows x weight elements: from here it wins for any matrix
+
+
+def _worth_packing(rows: int, weight_elements: int) -> bool:
+    """Packed products of a 128x384 weight: 0.22x the BLAS speed for 1 row, 0.58x for 8, 1.8x
+    for 1024; of a 1024x384 weight already 1.09x for 1 row (AVX-512 EPYC, 2 threads)."""
+    return weight_elements >= PACK_ALWAYS or rows * weight_elements >= PACK_WORK
+
+
 def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """y = x Wᵀ + b through oneDNN; the plain path when autograd needs a backward or the input
-    is not a CPU fp32 tensor (the packed operator has no gradient)."""
-    if (torch.is_grad_enabled() and module.weight.requires_grad) or x.dtype != torch.float32:
-        return F.linear(x, module.weight, module.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+    """y = x Wᵀ + b through oneDNN; the plain path for small products, when autograd needs a
+    backward or when the input is not a CPU fp32 tensor (the packed operator has no gradient)."""
+    weight = module.weight
+    if (
+        (torch.is_grad_enabled() and weight.requires_grad)
+        or x.dtype != torch.float32
+        or not _worth_packing(x.numel() // weight.shape[1], weight.numel())
+    ):
+        return F.linear(x, weight, module.bias)
+    return _onednn_linear(x, packed, module.bias, "none", [], "")
+
+
+def _onednn_linear(*args: object) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(*args)
 
 
 @contextmanager
