@@ -11,7 +11,8 @@
 2. Memory: a GPT of >= 50M parameters, 3 optimizer steps under torchrun with 2 processes, DDP
    and FSDP; each rank reports its peak RSS (ru_maxrss) and the bytes of its own weights,
    gradients and AdamW moments (local shards). FSDP shards those, so they should approach half
-   of DDP's; the peak RSS also holds the full model every rank builds before sharding it.
+   of DDP's. The FSDP model is built on the meta device and only rank 0 builds it whole (to
+   broadcast its initial weights), so rank 1's peak shows the sharded footprint.
 
 The last line is JSON.
 """
@@ -45,33 +46,32 @@ def pretrain_tokens_per_s(data: Path, out: Path, steps: int, nproc: int) -> floa
 
 
 def worker(strategy: str) -> None:
-    """One torchrun rank: build the big GPT, shard or wrap it, take 3 AdamW steps, report."""
-    from lmforge.config import ModelConfig, RunConfig, TrainConfig
+    """One torchrun rank: build the big GPT as `lmforge pretrain` does (FSDP: on the meta
+    device, then sharded and filled from rank 0), take 3 AdamW steps, report."""
+    from lmforge.config import DistConfig, ModelConfig, RunConfig, TrainConfig
     from lmforge.data.batches import clm_batch
-    from lmforge.model import GPT
     from lmforge.train.distributed import init_distributed
     from lmforge.train.objectives import clm_loss
     from lmforge.train.optim import build_optimizer
-    from lmforge.training import shard
+    from lmforge.training import TrainingPlan, prepare_model
 
     ctx = init_distributed("cpu")
-    torch.manual_seed(0)
-    cfg = RunConfig(model=ModelConfig(**BIG), train=TrainConfig(batch_size=2))
-    model = GPT(cfg.model)
-    params = model.num_params()
-    if strategy == "fsdp":
-        shard(model, cfg, torch.device("cpu"))
-        trained = model
-    else:
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+    cfg = RunConfig(
+        model=ModelConfig(**BIG),
+        train=TrainConfig(batch_size=2),
+        dist=DistConfig(strategy=strategy),
+    )
+    model, trained = prepare_model(cfg, TrainingPlan(), torch.device("cpu"), ctx, None)
+    params = model.num_params()  # a DTensor counts its global size
     optimizer = build_optimizer(model, cfg.train)
-    for _ in range(3):
+    for step in range(3):
         windows = torch.randint(0, BIG["vocab_size"], (2, BIG["block_size"] + 1))
         clm_loss(trained, clm_batch(windows)).backward()
         optimizer.step()
+        if step == 2:  # weights, gradients and moments all present
+            states = sum(state_bytes(p, optimizer) for p in model.parameters()) / 2**20
         optimizer.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB on Linux
-    states = sum(state_bytes(p, optimizer) for p in model.parameters()) / 2**20
     row = {"rank": ctx.rank, "strategy": strategy, "peak_mb": peak, "params": params}
     print(json.dumps({**row, "state_mb": states}))
     torch.distributed.destroy_process_group()
@@ -127,9 +127,10 @@ def main() -> None:
         "big_model_params": ddp["params"],
         "ddp_peak_mb_per_rank": ddp["peak_mb_per_rank"],
         "fsdp_peak_mb_per_rank": fsdp["peak_mb_per_rank"],
-        "fsdp_over_ddp_peak_rss": round(
-            max(fsdp["peak_mb_per_rank"]) / max(ddp["peak_mb_per_rank"]), 3
-        ),
+        "fsdp_over_ddp_peak_rss_per_rank": [
+            round(f / d, 3)
+            for f, d in zip(fsdp["peak_mb_per_rank"], ddp["peak_mb_per_rank"], strict=True)
+        ],
         "ddp_state_mb_per_rank": ddp["state_mb_per_rank"],
         "fsdp_state_mb_per_rank": fsdp["state_mb_per_rank"],
         "fsdp_over_ddp_states": round(

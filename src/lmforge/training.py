@@ -21,6 +21,7 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import (
     DistContext,
     barrier,
+    fill_shards,
     full_weights,
     init_distributed,
     rank_rows,
@@ -184,7 +185,7 @@ def _global_sources(
     return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer
 
 
-def _prepare_model(
+def prepare_model(
     cfg: RunConfig,
     plan: TrainingPlan,
     device: torch.device,
@@ -195,6 +196,24 @@ def _prepare_model(
     module the trainer calls: the model itself (FSDP shards it in place) or its DDP wrapper."""
     if device.type == "cpu":
         keep_freed_memory()
+    fsdp = ctx.active and cfg.dist.strategy == "fsdp"
+    if fsdp and plan.init is None:
+        return (model := _built_sharded(cfg, device, ctx, resume_from)), model
+    model = _full_model(cfg, plan, device, resume_from)
+    _switches(model, cfg)
+    if fsdp:
+        shard(model, cfg.train.dtype, device)  # in place: parameters become DTensor shards
+        return model, model
+    if ctx.active:
+        ids = [ctx.local_rank] if device.type == "cuda" else None
+        return model, DistributedDataParallel(model, device_ids=ids)
+    return model, model
+
+
+def _full_model(
+    cfg: RunConfig, plan: TrainingPlan, device: torch.device, resume_from: Path | None
+) -> torch.nn.Module:
+    """The whole model, seeded, initialised as the plan says, with the resumed weights."""
     seed_everything(cfg.train.seed)
     model = ckpt.build_model(cfg)
     if plan.init is not None:
@@ -202,16 +221,30 @@ def _prepare_model(
     model = model.to(device)
     if resume_from is not None:
         ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
+    return model
+
+
+def _switches(model: torch.nn.Module, cfg: RunConfig) -> None:
     model.activation_checkpointing = cfg.dist.activation_checkpointing
     if cfg.train.compile:
         compile_blocks(model)
-    if ctx.active and cfg.dist.strategy == "fsdp":
-        shard(model, cfg.train.dtype, device)  # in place: parameters become DTensor shards
-        return model, model
-    if ctx.active:
-        ids = [ctx.local_rank] if device.type == "cuda" else None
-        return model, DistributedDataParallel(model, device_ids=ids)
-    return model, model
+
+
+def _built_sharded(
+    cfg: RunConfig, device: torch.device, ctx: DistContext, resume_from: Path | None
+) -> torch.nn.Module:
+    """FSDP without the whole model on every rank: built on the meta device and sharded, each
+    rank allocates only its shards; rank 0 alone builds the real model (seeded as a single
+    process would) and broadcasts it into them."""
+    seed_everything(cfg.train.seed)  # the other ranks' dropout draws stay deterministic
+    with torch.device("meta"):
+        model = ckpt.build_model(cfg)
+    _switches(model, cfg)
+    shard(model, cfg.train.dtype, device)
+    model.to_empty(device=device)
+    full = _full_model(cfg, TrainingPlan(), device, resume_from) if ctx.is_main else None
+    fill_shards(model, full)
+    return model
 
 
 def _saver(
@@ -284,7 +317,7 @@ def _train_here(
     saved = ckpt.load_trainer_state(resume_from) if resume_from is not None else {}
     cfg = same_global_batch(cfg, saved, ctx.world_size)
     train_batch, val_batches, tokenizer = _global_sources(cfg, plan, ctx)
-    model, train_model = _prepare_model(cfg, plan, device, ctx, resume_from)
+    model, train_model = prepare_model(cfg, plan, device, ctx, resume_from)
     optimizer = build_optimizer(model, cfg.train)  # after sharding: it steps the shards
     loss, metrics = plan.objective or _objective(cfg)
     trainer = Trainer(

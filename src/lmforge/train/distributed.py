@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lmforge.data.batches import Batch
@@ -105,3 +109,15 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     if getattr(model.cfg, "tie_weights", False):
         tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
     return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def fill_shards(sharded: torch.nn.Module, full: torch.nn.Module | None) -> None:
+    """Copy rank 0's full model (None on the other ranks) into every rank's shards and buffers:
+    a model built on the meta device and sharded never exists whole on the other ranks."""
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(sharded, full.state_dict() if full is not None else {}, options=options)
+    with torch.no_grad():  # buffers (e.g. RoPE tables) are not sharded and not in state dicts
+        for name, buffer in sharded.named_buffers():
+            if full is not None:
+                buffer.copy_(full.get_buffer(name))
+            dist.broadcast(buffer, src=0)
