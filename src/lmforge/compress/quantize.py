@@ -53,6 +53,7 @@ class DequantizedInt8Linear(WeightOnlyInt8Linear):
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q, scale, bias)
         self.register_buffer("weight", q.float() * scale.float()[:, None], persistent=False)
+        self.packable = True  # model.packed may run it on oneDNN's packed copy, as nn.Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype), self.bias)

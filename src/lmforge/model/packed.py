@@ -37,7 +37,7 @@ def packing_available() -> bool:
 def _packable(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return (
-        isinstance(module, nn.Linear)
+        (isinstance(module, nn.Linear) or getattr(module, "packable", False))
         and weight is not None
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
