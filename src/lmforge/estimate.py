@@ -35,12 +35,13 @@ def count_parameters(cfg: RunConfig) -> tuple[int, float]:
 def activation_bytes(cfg: RunConfig) -> float:
     """Activations one device keeps for the backward pass of one micro-batch."""
     m, t = cfg.model, cfg.train
-    value = 2 if t.dtype == "bfloat16" else 4
+    value = 4 if t.dtype == "float32" else 2  # bf16 / fp16 autocast keeps 2-byte activations
     tokens = t.batch_size * m.block_size
-    # with checkpointing only each block's input is kept; the rest is recomputed from it
-    per_block = tokens * m.n_embd * (1 if cfg.dist.activation_checkpointing else 17)
+    full_block = 17 * tokens * m.n_embd
     logits = tokens * m.vocab_size
-    return (m.n_layer * per_block + logits) * value
+    if cfg.dist.activation_checkpointing:  # each block's input, plus one block recomputed
+        return (m.n_layer * tokens * m.n_embd + full_block + logits) * value
+    return (m.n_layer * full_block + logits) * value
 
 
 def memory_per_device(cfg: RunConfig, params: int, world_size: int) -> dict[str, float]:
