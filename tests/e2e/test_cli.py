@@ -85,6 +85,16 @@ def test_resume_extends_and_refuses_when_done(
     assert state["step"] == 25
 
 
+def test_quiet_pretrain_prints_no_step_lines(trained_run: Path, tmp_path: Path) -> None:
+    for flags, expect_lines in (([], True), (["-q"], False)):
+        copy = tmp_path / f"run{len(flags)}"
+        subprocess.run(["cp", "-r", str(trained_run), str(copy)], check=True)
+        done = run_cli(*flags, "pretrain", "--resume", str(copy), "--set", "train.max_steps=22")
+        assert done.returncode == 0, done.stderr
+        assert ("step 22: val loss" in done.stderr) is expect_lines, done.stderr
+        assert "trained 22 steps" in done.stdout  # the result is still reported
+
+
 def test_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     done = run_cli("prepare", "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "d"))
     assert done.returncode == 2

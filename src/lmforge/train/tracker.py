@@ -1,6 +1,7 @@
 """Metrics bookkeeping: metrics.jsonl, the progress bar, and the loss plot."""
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -78,9 +79,10 @@ class Tracker:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(steps)
 
-    def write(self, message: str) -> None:
-        """Print a line to stderr without breaking the progress bar."""
-        if self.verbose:
+    def write(self, message: str, level: int = logging.INFO) -> None:
+        """Print a line to stderr without breaking the progress bar; `lmforge -q` (log level
+        WARNING) keeps the info lines (evaluations) and still shows warnings."""
+        if self.verbose and logging.getLogger("lmforge").isEnabledFor(level):
             self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:

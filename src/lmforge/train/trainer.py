@@ -1,5 +1,6 @@
 """The training loop shared by pretraining and every fine-tune."""
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -186,7 +187,8 @@ class Trainer:
         if self.tracker:
             self.tracker.write(
                 f"warning: step {step + 1}: non-finite loss ({loss}) or gradient norm "
-                f"({grad_norm}); update skipped ({self.state.skipped_steps} so far)"
+                f"({grad_norm}); update skipped ({self.state.skipped_steps} so far)",
+                logging.WARNING,
             )
         if self._bad_in_a_row > self.cfg.max_bad_steps:
             raise TrainingDiverged(
@@ -238,7 +240,8 @@ class Trainer:
             state.stopped_early = True
             tracker.write(
                 f"early stop at step {state.step}: {self.cfg.best_metric} has not improved on "
-                f"{state.best_score:.4f} (step {state.best_step}) for {patience} evaluations"
+                f"{state.best_score:.4f} (step {state.best_step}) for {patience} evaluations",
+                logging.WARNING,
             )
         return is_best
 
