@@ -55,6 +55,7 @@ def add_evaluate(verbs: argparse._SubParsersAction) -> None:
         help="with --text: loss by context position; with --classify: confusion matrix",
     )
     p.add_argument("--batch-size", type=int, default=32, help="with --classify (default 32)")
+    p.add_argument("--task", metavar="NAME", help="with --classify: a multitask run's head")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -65,7 +66,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     elif args.sft is not None:
         print_sft_scores(finetune_lm.evaluate_sft(args.run, args.sft), args.json)
     elif args.classify is not None:
-        result = eval_jobs.evaluate_classifier(args.run, args.classify, args.batch_size, args.plot)
+        result = eval_jobs.evaluate_classifier(
+            args.run, args.classify, args.batch_size, args.plot, args.task
+        )
         metrics = result["metrics"]
         keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix")
         record = {key: metrics[key] for key in keys} | {"labels": result["labels"]}

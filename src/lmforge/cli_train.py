@@ -97,8 +97,9 @@ def add_predict(verbs: argparse._SubParsersAction) -> None:
         description="Classify every row of a .csv/.tsv/.jsonl file; write one JSON object per "
         'row: {"text": ..., "label": ..., "probabilities": {label: p, ...}}.',
     )
-    p.add_argument("run", type=Path, help="run directory made by `finetune classify`")
+    p.add_argument("run", type=Path, help="run directory made by `finetune classify|multitask`")
     p.add_argument("--input", type=Path, required=True, metavar="FILE", help="rows to classify")
+    p.add_argument("--task", metavar="NAME", help="the head of a `finetune multitask` run")
     p.add_argument("--output", type=Path, required=True, metavar="FILE", help="JSONL to write")
     p.add_argument("--text-column", help="column with the text (default: the fine-tune's)")
     p.add_argument("--text-pair-column", help="second text column (default: the fine-tune's)")
@@ -119,6 +120,7 @@ def run_predict(args: argparse.Namespace) -> None:
             label_column=args.label_column,
             batch_size=args.batch_size,
             overwrite=args.overwrite,
+            task=args.task,
         )
     )
     line = f"wrote {summary['n']} predictions to {summary['output']}"

@@ -46,13 +46,17 @@ def evaluate_text(
 
 
 def evaluate_classifier(
-    run_dir: Path, data_file: Path, batch_size: int = 32, plot: Path | None = None
+    run_dir: Path,
+    data_file: Path,
+    batch_size: int = 32,
+    plot: Path | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro P/R/F1 and the confusion matrix of a fine-tuned classifier on a
-    labelled file with the columns it was fine-tuned on."""
+    """Accuracy, macro P/R/F1 and the confusion matrix of a fine-tuned classifier (or of the
+    head `task` of a multitask run) on a labelled file with the columns it was tuned on."""
     if batch_size < 1:
         raise LMForgeError("--batch-size must be >= 1")
-    cfg, model, tokenizer, labels = load_classifier(run_dir)
+    cfg, model, tokenizer, labels = load_classifier(run_dir, task)
     ft = cfg.finetune
     examples = read_examples(
         data_file, ft.text_column, ft.label_column, ft.text_pair_column or None, "test"

@@ -43,7 +43,8 @@ from lmforge.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 TASKS_FILE = "tasks.json"
-TASK_KEYS = ("train_file", "valid_file", "text_column", "text_pair_column", "label_column")
+TASK_COLUMNS = ("text_column", "text_pair_column", "label_column")
+TASK_KEYS = ("train_file", "valid_file", *TASK_COLUMNS)
 SCORES = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
 
@@ -161,7 +162,8 @@ def finetune_multitask(
     base = Path(cfg.finetune.base)
     tokenizer = Tokenizer.load(base / ckpt.TOKENIZER_FILE)
     ckpt.check_vocab(tokenizer, cfg, str(base))
-    tasks = [load_task(n, read_task_spec(n, p), cfg, tokenizer) for n, p in task_files.items()]
+    specs = {name: read_task_spec(name, path) for name, path in task_files.items()}
+    tasks = [load_task(name, spec, cfg, tokenizer) for name, spec in specs.items()]
     body = ckpt.build_model(cfg)
     ckpt.load_base_weights(body, base)
     model = MultiTaskClassifier(body, {t.name: len(t.labels) for t in tasks}, cfg.finetune.dropout)
@@ -179,8 +181,13 @@ def finetune_multitask(
     evaluator = MultiTaskEval(tasks)
     with staged_directory(out, overwrite) as run_dir:
         ckpt.write_run_files(run_dir, cfg, tokenizer)
-        record = {
-            t.name: {"labels": t.labels, "train": len(t.train), "valid": len(t.valid)}
+        record = {  # what predict/evaluate --task need: labels and default columns
+            t.name: {
+                "labels": t.labels,
+                "train": len(t.train),
+                "valid": len(t.valid),
+                **{key: specs[t.name][key] for key in TASK_COLUMNS},
+            }
             for t in tasks
         }
         write_text_atomic(run_dir / TASKS_FILE, json.dumps(record, indent=2))

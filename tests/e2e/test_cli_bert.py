@@ -373,6 +373,11 @@ def test_lora_classifier_trains_adapters_only_and_merges_to_the_same_predictions
         assert a["label"] == b["label"]
         for label, p in a["probabilities"].items():
             assert b["probabilities"][label] == pytest.approx(p, abs=1e-4)
+    other = tmp_path / "other.jsonl"
+    code = main(
+        ["predict", str(merged), "--input", str(dev), "--output", str(other), "--task", "x"]
+    )
+    assert_user_error(code, capsys, "--task is for runs made by `lmforge finetune multitask`")
 
 
 def _length_rows(rng: random.Random, n: int) -> list[tuple[str, str]]:
@@ -418,3 +423,31 @@ def test_multitask_trains_two_heads_on_one_body(
     assert tasks["length"]["labels"] == ["long", "short"]
     code = main([*args[:4], "--task", "topic", "--out", str(tmp_path / "x")])
     assert_user_error(code, capsys, "NAME=FILE")
+    _each_head_predicts_and_evaluates(out, best, length_dev, dev, tmp_path, capsys)
+
+
+def _each_head_predicts_and_evaluates(
+    out: Path, best: dict, length_dev: Path, topic_dev: Path, tmp_path: Path, capsys
+) -> None:
+    """evaluate/predict --task pick one head of the multitask run, with its labels and columns;
+    on the validation file the score is the one the best evaluation logged."""
+    assert main(["evaluate", str(out), "--classify", str(length_dev), "--task", "length"]) == 0
+    assert (
+        main(["evaluate", str(out), "--classify", str(length_dev), "--task", "length", "--json"])
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["labels"] == ["long", "short"]
+    assert record["accuracy"] == pytest.approx(best["val_length_accuracy"], abs=1e-6)
+    predictions = tmp_path / "topic.jsonl"
+    command = ["predict", str(out), "--input", str(topic_dev), "--output", str(predictions)]
+    assert main([*command, "--task", "topic", "--label-column", "label"]) == 0
+    assert f"accuracy {best['val_topic_accuracy']:.4f}" in capsys.readouterr().out
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert set(rows[0]["probabilities"]) == set(
+        json.loads((out / "tasks.json").read_text())["topic"]["labels"]
+    )
+    code = main([*command, "--overwrite"])
+    assert_user_error(code, capsys, "choose a head with --task NAME", "length, topic")
+    code = main([*command, "--task", "sentiment", "--overwrite"])
+    assert_user_error(code, capsys, "has no task 'sentiment'")

@@ -113,3 +113,21 @@ class MultiTaskClassifier(nn.Module):
             raise LMForgeError(f"unknown task {task!r}; this model has {sorted(self.heads)}")
         summary = sequence_summary(self.body, idx, token_types, attention_mask)
         return self.heads[task](self.drop(summary))
+
+
+class TaskHead(nn.Module):
+    """One task of a MultiTaskClassifier as a plain classifier: (idx, types, mask) -> logits."""
+
+    def __init__(self, model: MultiTaskClassifier, task: str) -> None:
+        super().__init__()
+        if task not in model.heads:
+            raise LMForgeError(f"unknown task {task!r}; this model has {sorted(model.heads)}")
+        self.model, self.task = model, task
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        token_types: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model(idx, token_types, attention_mask, task=self.task)
