@@ -42,9 +42,9 @@ def run(data: Path, out: Path, steps: int, sets: list[str]) -> dict:
     args = ["pretrain", "--config", "configs/gpt-nano-cpu.yaml", "--data", str(data)]
     args += ["--out", str(out), "--overwrite"]
     args += [x for s in [*fixed, *sets] for x in ("--set", s)]
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"lmforge pretrain failed ({' '.join(sets)}):\n{done.stderr[-2000:]}")
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     rss = next(line for line in done.stdout.splitlines() if line.startswith("MAXRSS"))
