@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,15 @@ def _pretrain(
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+def _prepared(tmp_path: Path, row: Callable[[int], str]) -> Path:
+    """300 short documents row(0) ... row(299), prepared with a 300-token BPE."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(row(i) for i in range(300)), encoding="utf-8")
+    data = tmp_path / "data"
+    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    return data
+
+
 def _losses(run: Path) -> list[float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r]
@@ -51,13 +61,7 @@ def _losses(run: Path) -> list[float]:
 def test_two_processes_follow_one_process_with_the_whole_batch(
     tmp_path: Path, strategy: str, tolerance: float
 ) -> None:
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(
-        "\n\n".join(f"Line {i}: the cat sat on mat {i % 7} near hat {i % 5}." for i in range(300)),
-        encoding="utf-8",
-    )
-    data = tmp_path / "data"
-    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    data = _prepared(tmp_path, lambda i: f"Line {i}: the cat sat on mat {i % 7} near hat {i % 5}.")
     one = _pretrain(data, tmp_path / "one", nproc=1, batch=8)
     assert one.returncode == 0, one.stderr
     two = _pretrain(data, tmp_path / "two", nproc=2, batch=4, strategy=strategy)
@@ -100,10 +104,7 @@ def _resumes_at_world_size_one(
 
 @pytest.mark.distributed
 def test_nproc_starts_the_workers_itself(tmp_path: Path) -> None:
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(f"Row {i}: a dog ran {i % 9} laps." for i in range(300)))
-    data = tmp_path / "data"
-    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    data = _prepared(tmp_path, lambda i: f"Row {i}: a dog ran {i % 9} laps.")
     sets = [x for s in [*SETS, "train.batch_size=4"] for x in ("--set", s)]
     command = [sys.executable, "-m", "lmforge", "pretrain", "--data", str(data)]
     done = subprocess.run(
@@ -122,10 +123,7 @@ def test_nproc_starts_the_workers_itself(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 def test_a_failing_rank_takes_the_job_down_with_its_message(tmp_path: Path) -> None:
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(f"Row {i}: a hen laid {i % 9} eggs." for i in range(300)))
-    data = tmp_path / "data"
-    prepare(PrepareOptions(inputs=[str(corpus)], out=data, vocab_size=300))
+    data = _prepared(tmp_path, lambda i: f"Row {i}: a hen laid {i % 9} eggs.")
     sets = [x for s in [*SETS, "train.batch_size=4", "dist.strategy=ddp"] for x in ("--set", s)]
     worker = Path(__file__).with_name("failing_worker.py")  # rank 1 raises at step 2
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
