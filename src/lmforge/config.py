@@ -3,12 +3,11 @@
 Configs are frozen, keyword-only dataclasses validated at construction. No torch import here.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.metric_names import OBJECTIVES, higher_is_better
 
 
 def param(default: Any, help: str) -> Any:
@@ -98,24 +97,6 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
-
-
-# Validation metrics each objective reports (the eval records in metrics.jsonl).
-_MLM = ("val_loss", "val_mlm_loss", "val_mlm_accuracy")
-_CLASSIFY = ("val_loss", "val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall")
-OBJECTIVES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "clm": ("val_loss", "val_ppl"),
-        "mlm": _MLM,
-        "mlm+nsp": (*_MLM, "val_nsp_loss", "val_nsp_accuracy"),
-        "classify": _CLASSIFY,
-    }
-)
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies, F1, precision and recall improve upwards; losses and perplexity downwards."""
-    return metric.endswith(("accuracy", "f1", "precision", "recall"))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,6 +190,9 @@ class DataConfig:
     """Where the token shards written by `lmforge prepare` live."""
 
     dir: str = param("", "data directory made by `lmforge prepare` (meta.json + *.bin)")
+    whole_word_masking: bool = param(
+        False, "MLM: mask every WordPiece of a chosen word (whole-word masking) instead of pieces"
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

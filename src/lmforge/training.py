@@ -59,7 +59,7 @@ def open_data(cfg: RunConfig) -> tuple[TokenShards, Tokenizer]:
     return shards, tokenizer
 
 
-def _batch_sources(
+def batch_sources(
     cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
     """Step-indexed train batches and a fixed list of validation batches."""
@@ -87,7 +87,7 @@ def _mlm_sources(
     cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
     """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
-    vocab = BertVocab.from_tokenizer(tokenizer)
+    vocab = BertVocab.from_tokenizer(tokenizer, whole_word=cfg.data.whole_word_masking)
     nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
     corpora = {split: shards.sentences(split) for split in ("train", "val")}
 
@@ -179,7 +179,7 @@ def _global_sources(
     else:
         world = replace(cfg.train, batch_size=cfg.train.batch_size * ctx.world_size)
         shards, tokenizer = open_data(cfg)
-        train_batch, val_batches = _batch_sources(replace(cfg, train=world), shards, tokenizer)
+        train_batch, val_batches = batch_sources(replace(cfg, train=world), shards, tokenizer)
     if not ctx.active:
         return train_batch, val_batches, tokenizer
     return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer

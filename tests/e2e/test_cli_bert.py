@@ -1,17 +1,21 @@
 """BERT end to end on the command line: prepare --tokenizer wordpiece -> pretrain (mlm+nsp) ->
 finetune classify -> predict, a GPT base fine-tuned too, and each bad input's `error:`."""
 
+import dataclasses
 import json
 import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmforge import checkpoint as ckpt
 from lmforge.cli import main
-from lmforge.config import ModelConfig, RunConfig
+from lmforge.config import ModelConfig, RunConfig, from_dict
+from lmforge.data.mlm import continuation_table
 from lmforge.model import BERT
 from lmforge.tokenizer import Tokenizer
+from lmforge.training import batch_sources, open_data
 
 from .conftest import assert_user_error
 
@@ -451,3 +455,41 @@ def _each_head_predicts_and_evaluates(
     assert_user_error(code, capsys, "choose a head with --task NAME", "length, topic")
     code = main([*command, "--task", "sentiment", "--overwrite"])
     assert_user_error(code, capsys, "has no task 'sentiment'")
+
+
+def test_whole_word_masking_is_a_data_switch(tmp_path: Path) -> None:
+    """data.whole_word_masking=true: a masked `##` piece always has its whole word masked."""
+    rng = random.Random(3)
+    words = [
+        "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 9))) for _ in range(300)
+    ]
+    docs = [". ".join(" ".join(rng.choices(words, k=8)) for _ in range(6)) for _ in range(80)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(docs), encoding="utf-8")
+    data = tmp_path / "data"
+    args = ["prepare", "--input", str(corpus), "--out", str(data), "--tokenizer", "wordpiece"]
+    assert main([*args, "--vocab-size", "120"]) == 0  # most words split into pieces
+    settings = {"arch": "bert", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 64}
+    base = {"model": settings, "train": {"objective": "mlm", "batch_size": 8}}
+    cfg = from_dict(RunConfig, {**base, "data": {"dir": str(data)}})
+    shards, tokenizer = open_data(cfg)
+    continuation = continuation_table(tokenizer)
+    split_words = {}
+    for whole_word in (False, True):
+        switched = dataclasses.replace(cfg.data, whole_word_masking=whole_word)
+        train_batch, _ = batch_sources(dataclasses.replace(cfg, data=switched), shards, tokenizer)
+        split_words[whole_word] = 0
+        for step in range(5):
+            batch = train_batch(step, 0)
+            ids = torch.where(batch.targets != -100, batch.targets, batch.inputs)
+            masked = batch.targets != -100
+            pieces = continuation[ids]
+            for row, col in masked.nonzero().tolist():
+                start, end = col, col + 1  # the word around the masked token
+                while start > 0 and pieces[row, start]:
+                    start -= 1
+                while end < ids.shape[1] and pieces[row, end]:
+                    end += 1
+                split_words[whole_word] += int(not masked[row, start:end].all())
+    assert split_words[False] > 10  # piece-level masking splits words
+    assert split_words[True] == 0
