@@ -37,6 +37,7 @@ FORBIDDEN = {
     "lmforge.training": ["lmforge.jobs", "lmforge.cli"],
     "lmforge.interop": ["lmforge.train", "lmforge.jobs", "lmforge.cli", "lmforge.generate"],
     "lmforge.files": ["lmforge."],
+    "lmforge.metric_names": ["lmforge."],
     "lmforge.config_io": ["lmforge."],
     "lmforge.compress.prune": ["lmforge.jobs", "lmforge.cli", "lmforge.checkpoint"],
     "lmforge.compress.quantize": ["lmforge.jobs", "lmforge.cli", "lmforge.checkpoint"],
@@ -46,7 +47,7 @@ FORBIDDEN = {
     "lmforge.cli_train": ["lmforge.model", "lmforge.train", "lmforge.data", "lmforge.checkpoint"],
 }
 ALLOWED = {
-    "lmforge.config": {"lmforge.errors", "lmforge.config_io"},
+    "lmforge.config": {"lmforge.errors", "lmforge.config_io", "lmforge.metric_names"},
     "lmforge.config_io": {"lmforge.errors", "lmforge.config"},
     "lmforge.files": {"lmforge.errors"},
 }
