@@ -167,10 +167,11 @@ class Trainer:
         return total_loss, grad_norm, tokens
 
     def _overflow(self, step: int) -> None:
-        """fp16 gradients overflowed at this loss scale: skip the update, halve the scale. Normal
-        in the first steps while the scaler finds its level; not a sign of divergence."""
-        self.scaler.step(self.optimizer)  # sees the infs that unscale_ found: does not step
-        self.scaler.update()
+        """fp16 gradients overflowed at this loss scale: skip the update, lower the scale. Normal
+        in the first steps while the scaler finds its level; not a sign of divergence. Decided
+        on the global gradient norm, not on the scaler's own check of this rank's gradients:
+        under FSDP one rank's shard may overflow while another's does not, and all must skip."""
+        self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
         if self.tracker:
