@@ -193,8 +193,10 @@ def run_compress(args: argparse.Namespace) -> None:
         summary = runs.quantize_run(args.run, args.out, args.overwrite)
         print(
             f"quantized {args.run} -> {args.out}: {summary['scheme']}, {summary['layers']} "
-            f"layers, linear weights {summary['linear_bytes_before'] / 1e6:.2f} MB -> "
-            f"{summary['linear_bytes_after'] / 1e6:.2f} MB ({summary['shrink']:.2f}x smaller)"
+            f"layers, model file {summary['model_bytes_before'] / 1e6:.2f} MB -> "
+            f"{summary['model_bytes_after'] / 1e6:.2f} MB ({summary['shrink']:.2f}x smaller), "
+            f"run directory {summary['run_bytes_before'] / 1e6:.2f} MB -> "
+            f"{summary['run_bytes_after'] / 1e6:.2f} MB"
         )
     elif args.method == "distill":
         summary = runs.distill_run(

@@ -115,7 +115,7 @@ def fit_prompt(ids: list[int], block_size: int) -> list[int]:
 
 def prefill(model: GPT, cache: KVCache, rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """Empty the cache and read the rows left-padded into it; logits at the last position (R, V)."""
-    device, width = model.tok_emb.weight.device, max(len(ids) for ids in rows)
+    device, width = model.ln_f.weight.device, max(len(ids) for ids in rows)
     idx = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in rows], device=device)
     real = torch.tensor([[False] * (width - len(ids)) + [True] * len(ids) for ids in rows])
     mask = None if bool(real.all()) else real.to(device)

@@ -7,12 +7,15 @@ from safetensors.torch import load_file, save_file
 from lmforge.compress import quantize as quantize_module
 from lmforge.compress.quantize import (
     DequantizedInt8Linear,
+    Int8Embedding,
     int8_per_channel,
     int8_tensors,
     linear_weight_bytes,
     load_int8,
+    model_bytes,
     quantize_int8,
     quantized_layers,
+    tied_embeddings,
 )
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
@@ -113,3 +116,64 @@ def test_loading_weights_of_another_model_names_the_problem() -> None:
     tensors["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"unexpected.*extra\.weight"):
         load_int8(GPT(CFG), tensors, scheme)
+
+
+@pytest.mark.usefixtures("small_layers")
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight-only"])
+def test_a_tied_head_is_stored_once_and_the_embedding_reads_its_int8_table(
+    tmp_path, scheme: str
+) -> None:
+    """The tied embedding is not kept in fp32 beside an int8 head: the file holds one int8
+    table (V x C) + V scales, and token lookups give s_i · q_i, the head's own rows."""
+    model = _model()
+    assert tied_embeddings(model) == {"lm_head": "tok_emb"}
+    quantized, _ = quantize_int8(model, scheme)
+    assert isinstance(quantized.tok_emb, Int8Embedding)
+    tensors = int8_tensors(quantized)
+    assert "tok_emb.weight" not in tensors
+    q, scale = tensors["lm_head.weight"], tensors["lm_head.weight_scale"]
+    ids = _ids()
+    expected = q[ids].float() * scale[ids][..., None]
+    torch.testing.assert_close(quantized.tok_emb(ids), expected, atol=0, rtol=0)
+    path = tmp_path / "q.safetensors"
+    save_file(tensors, str(path))
+    loaded = load_int8(GPT(CFG), load_file(str(path)), scheme)
+    assert isinstance(loaded.tok_emb, Int8Embedding)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), quantized(ids), atol=0, rtol=0)
+    header = 8 + int.from_bytes(path.read_bytes()[:8], "little")
+    assert model_bytes(quantized) == path.stat().st_size - header
+
+
+def test_the_whole_model_shrinks_not_only_its_linear_layers() -> None:
+    """Every tensor counted, tied ones once: fp32 bytes / int8 bytes near 4 when the matrices
+    dominate (the norms and per-channel scales stay fp32)."""
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=32, vocab_size=1024)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    fp32 = model_bytes(model)
+    assert fp32 == 4 * sum(p.numel() for p in model.parameters())  # tied head counted once
+    assert 3.6 < fp32 / model_bytes(quantize_int8(model)[0]) <= 4.0
+
+
+def test_an_untied_embedding_stays_float() -> None:
+    cfg = ModelConfig(
+        n_layer=1, n_head=4, n_embd=64, block_size=8, vocab_size=97, tie_weights=False
+    )
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    quantized, _ = quantize_int8(model)
+    assert tied_embeddings(model) == {}
+    assert isinstance(quantized.tok_emb, torch.nn.Embedding)
+    assert int8_tensors(quantized)["tok_emb.weight"].dtype == torch.float32
+
+
+def test_files_written_before_tied_heads_were_shared_still_load() -> None:
+    """Older int8 runs stored the tied embedding in fp32 beside the int8 head."""
+    quantized, scheme = quantize_int8(_model())
+    tensors = int8_tensors(quantized)
+    tensors["tok_emb.weight"] = _model().tok_emb.weight.detach().clone()
+    loaded = load_int8(GPT(CFG), tensors, scheme)
+    assert isinstance(loaded.tok_emb, torch.nn.Embedding)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.tok_emb.weight, tensors["tok_emb.weight"])

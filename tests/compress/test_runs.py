@@ -50,7 +50,12 @@ def test_quantized_run_loads_int8_and_shrinks_its_linear_weights(
 ) -> None:
     run, _ = float_run
     summary = quantize_run(run, tmp_path / "q8")
-    assert summary["shrink"] > 3.5
+    assert summary["linear_shrink"] > 3.5
+    weights = (tmp_path / "q8" / "model.int8.safetensors").stat().st_size
+    assert summary["model_bytes_after"] == weights
+    assert summary["shrink"] == summary["model_bytes_before"] / weights
+    assert summary["shrink"] > 3.0  # the whole file, not only the linear layers
+    assert summary["run_bytes_after"] >= weights + (tmp_path / "q8" / "config.json").stat().st_size
     assert not (tmp_path / "q8" / ckpt.MODEL_FILE).exists()
     _, loaded, tokenizer = ckpt.load_run(tmp_path / "q8")
     _, original, _ = ckpt.load_run(run)

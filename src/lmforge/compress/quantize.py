@@ -6,9 +6,14 @@ on the fly, so matrix products run in int8 and read a quarter of the bytes. Wher
 no quantized CPU engine (or the model is not on the CPU), weight-only int8 takes its place:
 the same int8 tensors, multiplied back to fp32 at each call (4x smaller, not faster).
 
+A head tied to the token embedding (GPT-2, the demo model) is quantized once: one scale per
+output channel of the head is one scale per row of the embedding, so the embedding looks its rows
+up in the same int8 table (`Int8Embedding`) instead of keeping a float copy beside it.
+
 On disk a quantized run holds `model.int8.safetensors` (for each linear layer `NAME.weight`
-int8 and `NAME.weight_scale` float32, every other tensor as it was) and `quantization.json`;
-it has no model.safetensors, so nothing mistakes it for a float checkpoint.
+int8 and `NAME.weight_scale` float32, every other tensor as it was; a tied embedding is not
+stored again) and `quantization.json`; it has no model.safetensors, so nothing mistakes it for a
+float checkpoint.
 """
 
 import copy
@@ -59,6 +64,21 @@ class DequantizedInt8Linear(WeightOnlyInt8Linear):
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
+class Int8Embedding(nn.Module):
+    """Embedding rows e_i = s_i · q_i from the int8 table of the head it is tied to.
+
+    The buffers are not persistent: the file stores the table once, under the head's name.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight_int8", q, persistent=False)
+        self.register_buffer("weight_scale", scale, persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.weight_int8[idx].float() * self.weight_scale[idx, None]
+
+
 DYNAMIC_MIN_ELEMENTS = 1 << 18  # from 512x512 up the int8 kernel is as fast or faster
 
 
@@ -78,6 +98,19 @@ def dynamic_supported(model: nn.Module) -> bool:
 
 def _linear_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def tied_embeddings(model: nn.Module) -> dict[str, str]:
+    """{linear layer name: embedding name} for every nn.Linear sharing its weight with an
+    nn.Embedding (a tied LM head)."""
+    embeddings = {
+        id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)
+    }
+    return {
+        name: embeddings[id(m.weight)]
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and id(m.weight) in embeddings
+    }
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -112,12 +145,15 @@ def quantize_int8(model: nn.Module, scheme: str = "auto") -> tuple[nn.Module, st
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {SCHEMES}")
     quantized = copy.deepcopy(model).eval()
+    tied = tied_embeddings(quantized)
     for name in _linear_names(quantized):
         linear = quantized.get_submodule(name)
         q, scale = int8_per_channel(linear.weight)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         build = _dynamic_linear if scheme == "int8-dynamic" else WeightOnlyInt8Linear
         _replace(quantized, name, build(q, scale, bias))
+        if name in tied:
+            _replace(quantized, tied[name], Int8Embedding(q, scale))
     return quantized, scheme
 
 
@@ -158,10 +194,13 @@ def load_int8(float_model: nn.Module, tensors: dict[str, torch.Tensor], scheme: 
         scheme = "int8-weight-only"  # the same int8 values through portable kernels
     build = _dynamic_linear if scheme == "int8-dynamic" else WeightOnlyInt8Linear
     tensors = dict(tensors)
+    tied = tied_embeddings(float_model)
     try:
         for name in _linear_names(float_model):
             q, scale = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.weight_scale")
             _replace(float_model, name, build(q, scale, tensors.pop(f"{name}.bias", None)))
+            if name in tied and f"{tied[name]}.weight" not in tensors:  # else: an older file
+                _replace(float_model, tied[name], Int8Embedding(q, scale))
     except KeyError as exc:
         raise CheckpointError(
             f"quantized weights lack {exc.args[0]}; re-run compress quantize"
@@ -200,6 +239,19 @@ def load_quantized(run_dir: Path, float_model: nn.Module) -> nn.Module:
     if scheme not in SCHEMES:
         raise CheckpointError(f"{run_dir}/{QUANTIZATION_FILE}: unknown scheme {scheme!r}")
     return load_int8(float_model, tensors, scheme)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model's file holds: parameters and persistent buffers, int8
+    layers as int8 values + scales, a tensor shared by several names (tied) once."""
+    seen: set[object] = set()
+    total = 0
+    for tensor in int8_tensors(model).values():
+        key = (tensor.data_ptr(), tensor.numel()) if tensor.numel() else id(tensor)
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def linear_weight_bytes(model: nn.Module, resident: bool = False) -> int:

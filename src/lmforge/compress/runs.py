@@ -65,14 +65,20 @@ def quantize_run(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str,
         save_file(int8_tensors(quantized), str(tmp / QUANTIZED_WEIGHTS), metadata={"format": "pt"})
         record = {"scheme": scheme, "bits": 8, "layers": quantized_layers(quantized)}
         write_text_atomic(tmp / QUANTIZATION_FILE, json.dumps(record, indent=2))
-    before, after = linear_weight_bytes(model), linear_weight_bytes(quantized)
+    before, after = run_size_bytes(run_dir), run_size_bytes(out)
+    linear_before, linear_after = linear_weight_bytes(model), linear_weight_bytes(quantized)
     return {
         "out": str(out),
         "scheme": scheme,
         "layers": len(record["layers"]),
-        "linear_bytes_before": before,
-        "linear_bytes_after": after,
+        "model_bytes_before": before,
+        "model_bytes_after": after,
         "shrink": before / max(after, 1),
+        "run_bytes_before": directory_bytes(run_dir),
+        "run_bytes_after": directory_bytes(out),
+        "linear_bytes_before": linear_before,
+        "linear_bytes_after": linear_after,
+        "linear_shrink": linear_before / max(linear_after, 1),
     }
 
 
@@ -169,6 +175,11 @@ def run_size_bytes(run_dir: Path) -> int:
         if (run_dir / name).is_file():
             return (run_dir / name).stat().st_size
     raise CheckpointError(f"{run_dir} has no weights file")
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of every file under a directory (a whole run: weights, tokenizer, checkpoints)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def count_parameters(model: nn.Module) -> int:

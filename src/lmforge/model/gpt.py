@@ -156,7 +156,7 @@ class GPT(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for up to max_len (default block_size) positions."""
-        param = self.tok_emb.weight
+        param = self.ln_f.weight  # not tok_emb: an int8 model's embedding has no float weight
         return KVCache(
             self.cfg.n_layer,
             batch_size,
