@@ -3,9 +3,13 @@
     make demo    # once: runs/demo and data/demo
     python benchmarks/compression.py [--run runs/demo --data data/demo --recovery-steps 300]
 
-For each variant: validation perplexity over the whole val split, linear-weight bytes, and
-greedy decoding speed (batch 1, 16-token prompt, 128 new tokens, rounds alternating between
+For each variant: validation perplexity over the whole val split, the whole model's bytes
+(every tensor its file holds, tied ones once) and its linear layers' bytes, and greedy decoding
+speed (batch 1, 16-token prompt, 128 new tokens, rounds alternating between
 variants so all see the same machine speed), also batch 8 and whole-window scoring tokens/s.
+Pruned models that get recovery steps are compared with the dense model given the same steps
+(same batches, same lr): extra training alone moves perplexity. int8 is also written as a run
+directory by `compress quantize`, and both directories are measured on disk.
 `--gpt2-shape` adds int8 against fp32 on a random-init GPT-2-small shape (124M), where decoding
 is bound by reading the weights. The last line is JSON.
 """
@@ -14,6 +18,7 @@ import argparse
 import copy
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +34,8 @@ from lmforge.compress.prune import (
     recover,
     sparsity_by_layer,
 )
-from lmforge.compress.quantize import linear_weight_bytes, quantize_int8
+from lmforge.compress.quantize import linear_weight_bytes, model_bytes, quantize_int8
+from lmforge.compress.runs import directory_bytes, quantize_run
 from lmforge.config import SamplingConfig
 from lmforge.data.batches import clm_batch, step_generator
 from lmforge.data.shards import TokenShards
@@ -71,6 +77,8 @@ def recovered(model: nn.Module, shards: TokenShards, steps: int, block: int) -> 
 
 def variants(model: nn.Module, shards: TokenShards, block: int, steps: int) -> dict:
     int8, scheme = quantize_int8(model)
+    dense_trained = copy.deepcopy(model)
+    dense_losses = recovered(dense_trained, shards, steps, block)
     no_recovery, pruned = copy.deepcopy(model), copy.deepcopy(model)
     for copy_ in (no_recovery, pruned):  # the same global ranking gives the same masks
         magnitude_prune(copy_, 0.5)
@@ -81,8 +89,10 @@ def variants(model: nn.Module, shards: TokenShards, block: int, steps: int) -> d
     heads_recovered = copy.deepcopy(heads)
     recovered(heads_recovered, shards, steps, block)
     print(f"int8 scheme: {scheme}; 50% recovery loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(f"dense, same {steps} steps: loss {dense_losses[0]:.3f} -> {dense_losses[-1]:.3f}")
     return {
         "fp32": model,
+        f"fp32+{steps} steps": dense_trained,
         "int8": int8,
         "magnitude50": no_recovery,
         "magnitude50+recovery": pruned,
@@ -95,7 +105,11 @@ def measure(models: dict, shards: TokenShards, block: int, rounds: int, prompt: 
     rows = {}
     for name, model in models.items():
         ppl = split_perplexity(model, shards, "val", block).perplexity
-        rows[name] = {"perplexity": round(ppl, 3), "linear_mb": linear_weight_bytes(model) / 1e6}
+        rows[name] = {
+            "perplexity": round(ppl, 3),
+            "model_mb": model_bytes(model) / 1e6,
+            "linear_mb": linear_weight_bytes(model) / 1e6,
+        }
         if name.startswith("magnitude"):
             rows[name]["zero_fraction"] = round(sparsity_by_layer(model)["total"], 4)
         print(f"{name:22s} perplexity {ppl:8.3f}")
@@ -111,16 +125,35 @@ def measure(models: dict, shards: TokenShards, block: int, rounds: int, prompt: 
         rows[name]["decode_batch8_tokens_per_s"] = round(8 * 64 / batch_time, 1)
         rows[name]["score_tokens_per_s"] = round(score_speed(model, windows), 0)
     base = rows["fp32"]
-    for row in rows.values():
+    trained = next(row for name, row in rows.items() if name.startswith("fp32+"))
+    for name, row in rows.items():
         row["perplexity_change"] = round(row["perplexity"] / base["perplexity"] - 1, 4)
+        if "recovery" in name or name.startswith("fp32+"):  # against the same extra training
+            row["perplexity_change_vs_trained_dense"] = round(
+                row["perplexity"] / trained["perplexity"] - 1, 4
+            )
         row["decode_speedup"] = round(row["decode_tokens_per_s"] / base["decode_tokens_per_s"], 3)
         row["batch8_speedup"] = round(
             row["decode_batch8_tokens_per_s"] / base["decode_batch8_tokens_per_s"], 3
         )
         row["score_speedup"] = round(row["score_tokens_per_s"] / base["score_tokens_per_s"], 3)
         row["linear_shrink"] = round(base["linear_mb"] / row["linear_mb"], 3)
+        row["model_shrink"] = round(base["model_mb"] / row["model_mb"], 3)
         row["linear_mb"] = round(row["linear_mb"], 3)
+        row["model_mb"] = round(row["model_mb"], 3)
     return rows
+
+
+def int8_run_sizes(run: Path) -> dict:
+    """`compress quantize` on the run: weights file and whole directory, before and after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = quantize_run(run, Path(tmp) / "int8")
+        sizes = {key: summary[key] for key in ("model_bytes_before", "model_bytes_after")}
+        sizes["run_bytes_before"] = directory_bytes(run)
+        sizes["run_bytes_after"] = directory_bytes(Path(tmp) / "int8")
+    sizes["model_file_shrink"] = round(sizes["model_bytes_before"] / sizes["model_bytes_after"], 3)
+    sizes["run_shrink"] = round(sizes["run_bytes_before"] / sizes["run_bytes_after"], 3)
+    return sizes
 
 
 def gpt2_shape_int8(rounds: int) -> dict:
@@ -147,6 +180,7 @@ def gpt2_shape_int8(rounds: int) -> dict:
         "int8_tokens_per_s": round(int8_tps, 1),
         "int8_speedup": round(int8_tps / fp32_tps, 3),
         "linear_shrink": round(linear_weight_bytes(model) / linear_weight_bytes(int8), 3),
+        "model_shrink": round(model_bytes(model) / model_bytes(int8), 3),
     }
 
 
@@ -167,6 +201,7 @@ def main() -> None:
     prompt = tokenizer.encode("The list type is a mutable sequence")[:16]
     models = variants(model, shards, block, args.recovery_steps)
     result = {"rows": measure(models, shards, block, args.rounds, prompt)}
+    result["int8_run"] = int8_run_sizes(args.run)
     if args.gpt2_shape:
         result["gpt2_shape"] = gpt2_shape_int8(args.rounds)
     result["threads"] = torch.get_num_threads()
