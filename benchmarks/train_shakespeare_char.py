@@ -6,7 +6,16 @@
 Recipe: 90/10 split, 4 layers, 4 heads, n_embd 128, block 64, batch 12, lr 1e-3 -> 1e-4 cosine,
 100 warmup iters, dropout 0, AdamW (0.9, 0.99), weight decay 0.1, clip 1.0. Our steps run through
 the real Trainer in chunks; after each chunk a few steps of transformers' GPT2LMHeadModel of the
-same shape and batch are timed, so both see the same machine speed. The last line is JSON.
+same width, depth, heads, context and batch are timed, so both see the same machine speed.
+
+transformers runs in two configurations, alternating chunk by chunk:
+- fast: what a user can switch on: exact GELU (`activation_function="gelu"`), SDPA attention,
+  fused AdamW, and the foreach gradient-norm kernel for clipping;
+- default: `GPT2Config`'s defaults (`gelu_new`, a chain of Python ops), SDPA, `torch.optim.AdamW`
+  with its default (per-parameter loop on CPU), `clip_grad_norm_` with its CPU default.
+Both keep GPT-2's learned positions and biases and clip every step (our Trainer skips the
+clipping pass when the norm is already below the threshold). `--pos-emb learned --bias` makes our
+side the same architecture. The last line is JSON.
 """
 
 import argparse
@@ -28,6 +37,7 @@ from lmforge.train.runtime import keep_freed_memory
 from lmforge.train.trainer import Trainer
 
 BLOCK, BATCH = 64, 12
+HF = ("fast", "default")  # transformers configurations timed beside ours
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -45,10 +55,12 @@ def random_windows(data: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.stack([data[s : s + BLOCK + 1] for s in starts.tolist()])  # (B, T+1)
 
 
-def build_hf_step(vocab_size: int, train: torch.Tensor):
-    """One transformers GPT2LMHeadModel training step of the same shape, batch and optimizer."""
+def build_hf_step(vocab_size: int, train: torch.Tensor, fast: bool):
+    """One transformers GPT2LMHeadModel training step of the same shape, batch and optimizer;
+    fast: exact GELU, fused AdamW and foreach clipping, else transformers' defaults."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    activation = {"activation_function": "gelu"} if fast else {}
     cfg = GPT2Config(
         vocab_size=vocab_size,
         n_positions=BLOCK,
@@ -60,16 +72,20 @@ def build_hf_step(vocab_size: int, train: torch.Tensor):
         attn_pdrop=0.0,
         bos_token_id=None,
         eos_token_id=None,
+        **activation,
     )
     model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    kernels = {"fused": True} if fast else {}
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, **kernels
+    )
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
         windows = random_windows(train, generator)
         loss = model(input_ids=windows[:, :-1], labels=windows[:, :-1]).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True if fast else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -95,6 +111,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=25, help="our steps between HF timings")
     parser.add_argument("--hf-steps", type=int, default=4, help="HF steps per chunk (0: none)")
     parser.add_argument("--pos-emb", default="rope", choices=["rope", "learned"])
+    parser.add_argument("--bias", action="store_true", help="biases in every layer, as GPT-2")
     parser.add_argument(
         "--activation",
         default="gelu",
@@ -125,7 +142,7 @@ def main() -> None:
         n_head=4,
         n_embd=128,
         dropout=0.0,
-        bias=False,
+        bias=args.bias,
         pos_emb=args.pos_emb,
         activation=args.activation,
     )
@@ -156,25 +173,33 @@ def main() -> None:
         warm = torch.compile(GPT(model_cfg))
         clm_loss(warm, batches(0, 0)).backward()
         compile_s = time.perf_counter() - t0
-    hf_step = build_hf_step(tokenizer.vocab_size, train) if args.hf_steps else None
+    hf_steps = {}
+    if args.hf_steps:
+        hf_steps = {name: build_hf_step(tokenizer.vocab_size, train, name == "fast") for name in HF}
+        for name in HF:  # warm-up on the peer's side too (our first chunk is timed like theirs)
+            hf_steps[name]()
 
     calibration = [matmul_gflops()]
-    ours_ms, hf_ms = [], []
+    ours_ms: list[float] = []
+    hf_ms: dict[str, list[float]] = {name: [] for name in hf_steps}
     start = time.perf_counter()
     while trainer.state.step < args.iters:
         t0 = time.perf_counter()
         done = trainer.state.step
         trainer.fit(stop_at=min(done + args.chunk, args.iters))
         ours_ms.append((time.perf_counter() - t0) * 1000 / (trainer.state.step - done))
-        for _ in range(args.hf_steps if hf_step else 0):
-            t0 = time.perf_counter()
-            hf_step()
-            hf_ms.append((time.perf_counter() - t0) * 1000)
+        order = list(hf_steps) if len(ours_ms) % 2 else list(reversed(hf_steps))
+        for name in order:  # the two peer configurations take turns going first
+            for _ in range(args.hf_steps):
+                t0 = time.perf_counter()
+                hf_steps[name]()
+                hf_ms[name].append((time.perf_counter() - t0) * 1000)
     wall = time.perf_counter() - start
     calibration.append(matmul_gflops())
 
     val_loss = full_val_loss(model, val)
     ms = statistics.median(ours_ms)
+    hf_median = {name: statistics.median(times) for name, times in hf_ms.items()}
     tokens_per_s = BATCH * BLOCK / ms * 1000
     gflops = statistics.mean(calibration)
     mfu = model.flops_per_token() * tokens_per_s / (gflops * 1e9)
@@ -184,8 +209,10 @@ def main() -> None:
         "tokens_per_s": round(tokens_per_s),
         "val_loss": round(val_loss, 4),
         "train_wall_s_with_hf_interleaved": round(wall, 1),
-        "hf_ms_per_iter": round(statistics.median(hf_ms), 2) if hf_ms else None,
-        "speedup_vs_hf": round(statistics.median(hf_ms) / ms, 3) if hf_ms else None,
+        **{f"hf_{name}_ms_per_iter": round(hf_median[name], 2) for name in hf_ms},
+        **{f"speedup_vs_hf_{name}": round(hf_median[name] / ms, 3) for name in hf_ms},
+        "pos_emb": args.pos_emb,
+        "bias": args.bias,
         "matmul_gflops": [round(g, 1) for g in calibration],
         "mfu": round(mfu, 3),
         "compile": args.compile,
