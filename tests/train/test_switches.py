@@ -1,4 +1,8 @@
-"""Training switches: activation checkpointing, torch.compile per block, fp16 with a loss scaler."""
+"""Training switches: activation checkpointing, torch.compile per block, fp16 with a loss scaler.
+
+Besides "the results are unchanged", each switch is shown to act on the model that
+training.prepare_model (the wiring behind `lmforge pretrain`) hands to the trainer.
+"""
 
 import dataclasses
 import json
@@ -7,15 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
-from lmforge.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
+from lmforge.config import DistConfig, ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from lmforge.data.batches import clm_batch, step_generator
 from lmforge.errors import ConfigError
 from lmforge.jobs import pretrain
 from lmforge.model import BERT, GPT
+from lmforge.train.distributed import DistContext
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.trainer import Trainer
+from lmforge.training import TrainingPlan, prepare_model
 
 PATTERN = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46]
 
@@ -162,3 +169,78 @@ def test_float16_learns_and_survives_overflowing_loss_scales() -> None:
 def test_unknown_dtype_is_refused() -> None:
     with pytest.raises(ConfigError, match="float32, bfloat16 or float16"):
         dataclasses.replace(TrainConfig(), dtype="float8")
+
+
+def _switched_cfg(arch: str, compile: bool = False, checkpointing: bool = False) -> RunConfig:
+    """A tiny run config with train.compile and dist.activation_checkpointing as given."""
+    model = ModelConfig(arch=arch, n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=31)
+    objective = "clm" if arch == "gpt" else "mlm"
+    train = TrainConfig(compile=compile, device="cpu", objective=objective, progress=False)
+    return RunConfig(
+        model=model, train=train, dist=DistConfig(activation_checkpointing=checkpointing)
+    )
+
+
+def _prepared(cfg: RunConfig) -> torch.nn.Module:
+    """The model `lmforge pretrain` trains: training.prepare_model in one CPU process."""
+    model, trained = prepare_model(cfg, TrainingPlan(), torch.device("cpu"), DistContext(), None)
+    assert trained is model  # no DDP wrapper in a single process
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_compile_switch_compiles_every_block_of_the_prepared_model(arch: str) -> None:
+    """Module.compile() sets _compiled_call_impl (None while a module runs eagerly)."""
+    compiled = _prepared(_switched_cfg(arch, compile=True))
+    eager = _prepared(_switched_cfg(arch, compile=False))
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
+    assert all(block._compiled_call_impl is None for block in eager.blocks)
+
+
+def test_a_compiled_block_runs_through_dynamo() -> None:
+    """A forward of a prepared block with train.compile=true captures one dynamo graph; the
+    eager block of train.compile=false captures none."""
+    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(0))
+    for compile, graphs in ((False, 0), (True, 1)):
+        block = _prepared(_switched_cfg("gpt", compile=compile)).blocks[0]
+        torch._dynamo.reset()
+        counters.clear()
+        with torch.no_grad():
+            block(x, None, None)
+        assert counters["stats"]["unique_graphs"] == graphs, compile
+
+
+def _block_calls(model: torch.nn.Module, arch: str, train: bool = True) -> list[int]:
+    """How often each block's forward starts during one forward (and, training, backward).
+
+    A pre-hook: checkpoint's recomputation stops early once it has what the backward needs,
+    before a forward hook would run."""
+    calls = [0] * len(model.blocks)
+
+    def counter(i: int):
+        def hook(*_: object) -> None:
+            calls[i] += 1
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(counter(i)) for i, b in enumerate(model.blocks)]
+    idx = _batch(model.cfg, rows=2)
+    model.train(train)
+    with torch.set_grad_enabled(train):
+        out = model(idx) if arch == "gpt" else model(idx).mlm
+        if train:
+            out.float().square().mean().backward()
+    for handle in handles:
+        handle.remove()
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_activation_checkpointing_switch_recomputes_every_block(arch: str) -> None:
+    """Recomputation runs each block's forward twice per training step (once more in the
+    backward pass); without the switch once. Evaluation never recomputes."""
+    on = _prepared(_switched_cfg(arch, checkpointing=True))
+    off = _prepared(_switched_cfg(arch, checkpointing=False))
+    assert _block_calls(on, arch) == [2, 2]
+    assert _block_calls(off, arch) == [1, 1]
+    assert _block_calls(on, arch, train=False) == [1, 1]
