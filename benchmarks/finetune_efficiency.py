@@ -13,11 +13,11 @@
    batch; the ratio is therefore reported for each of --batches (the first is the headline),
    and also above the process's RSS before the model is built (Python + torch, ~245 MB).
 2. Accuracy, on the classification task of benchmarks/bert_pretrain_finetune.py ("which
-   library does this docstring come from?", its `build_task`): `lmforge finetune classify`
-   (`jobs.finetune`) of the same pretrained BERT-mini, once full (lr --full-lr) and once with
-   LoRA r 8 on q, k, v, o, fc, down plus the classifier head (lr --lora-lr), same epochs and
-   seed (attention alone at lr 1e-3 trailed full fine-tuning by 17 points; see
-   docs/benchmarks.md). The
+   library does this docstring come from?", its train/validation/test split by source file):
+   `lmforge finetune classify` (`jobs.finetune`) of the same pretrained BERT-mini, full (each lr
+   of --full-lr) and with LoRA r 8 on q, k, v, o, fc, down plus the classifier head (each lr of
+   --lora-lr), same epochs and seed. Each side gets the same search: the validation split picks
+   its lr and epoch, and the test split is scored once, on the picks. The
    base is --base, else runs/bench-bert/bert-mini when that benchmark has been run, else a
    BERT-mini pretrained here for --pretrain-steps with that benchmark's functions.
 
@@ -165,70 +165,44 @@ def pretrained_base(args: argparse.Namespace) -> tuple[Path, str]:
     return run, f"pretrained here for {steps} steps (configs/bert-mini.yaml)"
 
 
-def finetune(
-    base: Path,
-    files: tuple[Path, Path],
-    out: Path,
-    lr: float,
-    extra: list[str],
-    args: argparse.Namespace,
-) -> dict:
-    """One `finetune classify` run; accuracy and macro-F1 of its kept (best) epoch."""
-    from lmforge import jobs
+def tuned(base: Path, files, out: Path, lrs: list[float], extra: list[str], args) -> dict:
+    """`finetune classify` at each lr; the one with the best validation accuracy, and all."""
+    from bert_pretrain_finetune import finetune  # a sibling script
 
-    sets = [
-        f"train.lr={lr}",
-        f"finetune.epochs={args.ft_epochs}",
-        "model.dropout=0.1",
-        f"train.seed={args.seed}",
-        "train.progress=false",
-        *extra,
-    ]
-    inputs = {
-        "train_file": str(files[0]),
-        "valid_file": str(files[1]),
-        "text_column": "text",
-        "label_column": "label",
-    }
-    start = time.perf_counter()
-    summary = jobs.finetune(base, None, sets, inputs, out, overwrite=True)
-    return {
-        "lr": lr,
-        "accuracy": summary["metrics"]["accuracy"],
-        "macro_f1": summary["metrics"]["macro_f1"],
-        "best_epoch": summary["best_epoch"],
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    runs = [finetune(base, files, out / f"lr-{lr}", lr, extra, args) for lr in lrs]
+    for run in runs:
+        log(
+            f"{out.name} lr {run['lr']}: valid {run['valid_accuracy']:.3f}, "
+            f"test {run['accuracy']:.3f}"
+        )
+    return {"picked": max(runs, key=lambda r: r["valid_accuracy"]), "search": runs}
 
 
 def accuracy(args: argparse.Namespace) -> dict:
-    from bert_pretrain_finetune import LIBRARIES, build_task, write_jsonl
+    """Full and LoRA fine-tuning, each with its lr picked on the validation split (and its
+    epoch too), then scored once on the test split."""
+    from bert_pretrain_finetune import task_files
 
     base, origin = pretrained_base(args)
-    train_rows, test_rows = build_task(args.seed)
-    task = args.work / "task"
-    task.mkdir(parents=True, exist_ok=True)
-    files = (
-        write_jsonl(train_rows, task / "train.jsonl"),
-        write_jsonl(test_rows, task / "test.jsonl"),
-    )
-    full = finetune(base, files, args.work / "full", args.full_lr, [], args)
-    log(f"full fine-tuning: {full}")
+    files, task = task_files(args.work, args.seed)
+    full = tuned(base, files, args.work / "full", args.full_lr, [], args)
     lora_sets = [f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}"]
     lora_sets.append(f"lora.targets={args.lora_targets}")
-    lora = finetune(base, files, args.work / "lora", args.lora_lr, lora_sets, args)
-    log(f"LoRA r={LORA['r']}: {lora}")
+    lora = tuned(base, files, args.work / "lora", args.lora_lr, lora_sets, args)
+    points = 100 * (lora["picked"]["accuracy"] - full["picked"]["accuracy"])
     return {
         "base": str(base),
         "base_origin": origin,
-        "task": "docstring -> library (" + ", ".join(LIBRARIES) + ")",
-        "train": len(train_rows),
-        "test": len(test_rows),
+        "task": task,
         "epochs": args.ft_epochs,
         "full_finetune": full,
         "lora_finetune": lora,
-        "lora_minus_full_points": round(100 * (lora["accuracy"] - full["accuracy"]), 1),
+        "lora_minus_full_points": round(points, 1),
     }
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
 
 
 def main() -> None:
@@ -244,19 +218,20 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="a pretrained BERT run for the accuracy part")
     parser.add_argument("--pretrain-steps", type=int, default=400, help="without a base run")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-finetune"))
-    parser.add_argument("--full-lr", type=float, default=1e-4)
-    parser.add_argument("--lora-lr", type=float, default=3e-3)
+    parser.add_argument("--full-lr", type=floats, default=[5e-5, 1e-4, 3e-4], help="lrs to try")
+    parser.add_argument("--lora-lr", type=floats, default=[1e-3, 3e-3, 1e-2], help="lrs to try")
     parser.add_argument("--lora-targets", default="q,k,v,o,fc,down", help="accuracy part")
     parser.add_argument("--ft-epochs", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--skip-accuracy", action="store_true", help="only part 1")
+    parser.add_argument("--skip-efficiency", action="store_true", help="only part 2")
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:  # the child process of run_variant
         print(json.dumps(measure_variant(args.variant, args.batch, args.steps, args.seed)))
         return
     start = time.perf_counter()
-    result = {"efficiency": efficiency(args)}
+    result = {} if args.skip_efficiency else {"efficiency": efficiency(args)}
     if not args.skip_accuracy:
         result["accuracy"] = accuracy(args)
     result["minutes"] = round((time.perf_counter() - start) / 60, 1)
