@@ -1,7 +1,10 @@
-"""LoRA: a fresh adapter changes nothing, merge == unmerged, only adapters learn."""
+"""LoRA: a fresh adapter changes nothing, merge == unmerged, only adapters learn, the output is
+W x + b + (α/r)·B A x by hand, and lora dropout acts on the adapter branch in training only."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
@@ -117,3 +120,98 @@ def test_targets_that_match_nothing_list_what_exists(targets: list, needle: str 
 def test_bad_ranks_are_refused() -> None:
     with pytest.raises(ConfigError, match="r >= 1"):
         add_lora(_gpt(), ["q"], r=0, alpha=8)
+
+
+IN, OUT = 6, 5
+
+
+def _adapter(r: int, alpha: float, dropout: float = 0.0, zero_b: bool = False) -> LoRALinear:
+    """A LoRALinear over a seeded nn.Linear(6 -> 5) with explicit seeded A (r, 6), B (5, r)."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(IN, OUT), r, alpha, dropout)
+    g = torch.Generator().manual_seed(r)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.randn(r, IN, generator=g))
+        layer.lora_B.copy_(torch.zeros(OUT, r) if zero_b else torch.randn(OUT, r, generator=g))
+    return layer
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(64, IN, generator=torch.Generator().manual_seed(3))
+
+
+def _by_hand(layer: LoRALinear, x: torch.Tensor, r: int, alpha: float) -> torch.Tensor:
+    """W x + b + (α / r) · B A x in float64, from the layer's tensors and the explicit r, α."""
+    w, b = layer.base.weight.double(), layer.base.bias.double()
+    a, b_up = layer.lora_A.double(), layer.lora_B.double()
+    x = x.double()
+    return x @ w.T + b + (alpha / r) * (x @ a.T @ b_up.T)
+
+
+@pytest.mark.parametrize("r", [2, 8])
+def test_output_is_base_plus_alpha_over_r_times_b_a_x(r: int) -> None:
+    """α = 4: the update is scaled by 2 at r = 2 and by 0.5 at r = 8 (never by α itself)."""
+    layer = _adapter(r, alpha=4.0).eval()
+    x = _x()
+    with torch.no_grad():
+        expected = _by_hand(layer, x, r, 4.0)
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+        delta = (4.0 / r) * (layer.lora_B.double() @ layer.lora_A.double())
+        torch.testing.assert_close(layer.delta().double(), delta, rtol=1e-6, atol=1e-6)
+        layer.merge()
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_dropout_is_random_in_training_and_off_in_eval() -> None:
+    """With p = 0.5 two training passes differ from each other and from the exact output; in
+    eval mode the output is W x + b + (α/r)·B A x, every time."""
+    layer, x = _adapter(4, alpha=8.0, dropout=0.5), _x()
+    exact = _by_hand(layer, x, 4, 8.0).float()
+    layer.train()
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, exact)
+    assert not torch.allclose(second, exact)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), exact, rtol=1e-5, atol=1e-5)
+        assert torch.equal(layer(x), layer(x))
+
+
+def test_lora_dropout_drops_the_adapters_input_only() -> None:
+    """Training output = W x + b + (α/r)·B A (m ⊙ x / (1 − p)), with m the dropout mask drawn
+    from the same seed: the base path never sees dropout (with B = 0 it is exactly W x + b)."""
+    layer, x = _adapter(4, alpha=8.0, dropout=0.5).train(), _x()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = layer(x)
+        torch.manual_seed(5)
+        dropped = F.dropout(x, 0.5, training=True)
+        assert 0 < int((dropped == 0).sum()) < x.numel()
+        expected = x @ layer.base.weight.T + layer.base.bias
+        expected = expected + 2.0 * (dropped @ layer.lora_A.T @ layer.lora_B.T)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        silent = _adapter(4, alpha=8.0, dropout=0.5, zero_b=True).train()
+        assert torch.equal(silent(x), silent.base(x))
+
+
+def _two_passes(dropout: float, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two forward passes of a GPT (no dropout of its own) with randomised LoRA adapters."""
+    model = _gpt()
+    add_lora(model, ["q", "o", "fc"], r=4, alpha=8, dropout=dropout)
+    _randomise_adapters(model)
+    model.train(train)
+    with torch.no_grad():
+        return model(_ids()), model(_ids())
+
+
+def test_add_lora_passes_its_dropout_to_every_adapter() -> None:
+    """In a GPT without dropout of its own, lora dropout alone makes training passes differ."""
+    first, second = _two_passes(0.5, train=True)
+    assert not torch.allclose(first, second)
+    plain = _two_passes(0.0, train=True)
+    assert torch.equal(*plain)
+    eval_1, eval_2 = _two_passes(0.5, train=False)
+    assert torch.equal(eval_1, eval_2)
+    torch.testing.assert_close(eval_1, plain[0])  # the same weights: the same eval output
