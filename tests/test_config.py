@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -155,15 +156,23 @@ def test_n_embd_divisibility_is_checked_for_overrides_too() -> None:
         load_config(None, ["model.n_embd=250", "model.n_head=4"])
 
 
-def test_warmup_longer_than_training_is_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"train\.warmup_steps \(11\) must be <= "):
-        TrainConfig(max_steps=10, warmup_steps=11)
-    assert TrainConfig(max_steps=10, warmup_steps=10).warmup_steps == 10
+def test_warmup_longer_than_training_is_clamped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lmforge.config"):
+        assert TrainConfig(max_steps=10, warmup_steps=11).warmup_steps == 10
+    assert "train.warmup_steps (11) is longer than the run" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lmforge.config"):
+        assert TrainConfig(max_steps=10, warmup_steps=10).warmup_steps == 10
+    assert caplog.text == ""  # nothing to clamp, nothing said
 
 
-def test_warmup_relation_uses_the_overridden_max_steps() -> None:
-    with pytest.raises(ConfigError, match="warmup_steps"):
-        load_config(None, ["train.max_steps=50"])  # default warmup_steps is 100
+def test_warmup_is_clamped_to_the_overridden_max_steps_and_stays_clamped() -> None:
+    cfg = load_config(None, ["train.max_steps=20"])  # default warmup_steps is 100
+    assert cfg.train.warmup_steps == 20
+    assert to_dict(cfg)["train"]["warmup_steps"] == 20  # what config.json records
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
 
 
 def test_configs_are_frozen(tiny_model_cfg: ModelConfig) -> None:

@@ -3,11 +3,14 @@
 Configs are frozen, keyword-only dataclasses validated at construction. No torch import here.
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.errors import ConfigError
 from lmforge.metric_names import OBJECTIVES, higher_is_better
+
+log = logging.getLogger(__name__)
 
 
 def param(default: Any, help: str) -> Any:
@@ -155,11 +158,13 @@ class TrainConfig:
         _require(self.keep_last >= 1, "train.keep_last must be >= 1")
         _require(self.lr > 0, "train.lr must be > 0")
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}]")
-        _require(
-            self.warmup_steps <= self.max_steps,
-            f"train.warmup_steps ({self.warmup_steps}) must be <= train.max_steps "
-            f"({self.max_steps})",
-        )
+        if self.warmup_steps > self.max_steps:  # a short trial run of a long recipe
+            log.warning(
+                "train.warmup_steps (%d) is longer than the run: clamped to train.max_steps (%d)",
+                self.warmup_steps,
+                self.max_steps,
+            )
+            object.__setattr__(self, "warmup_steps", self.max_steps)  # frozen: set once, here
         _require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay, grad_clip >= 0")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
         _require(self.eps > 0, "train.eps must be > 0")
