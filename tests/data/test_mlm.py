@@ -187,6 +187,19 @@ def test_continuation_table_marks_the_hash_pieces(wordpiece: Tokenizer) -> None:
     assert starts[0, 0]
 
 
+def test_a_hash_sign_is_a_word_not_a_continuation() -> None:
+    """`#` is punctuation (its own word); only the `##` prefix marks a continuation piece."""
+    texts = [f"Issue #{i} in C# is tagged #bug and #feature, see ## notes {i}." for i in range(30)]
+    tokenizer = Tokenizer.train_wordpiece(texts, vocab_size=120)
+    table = continuation_table(tokenizer)
+    vocab = tokenizer.vocab()
+    assert "#" in vocab
+    assert not table[vocab.index("#")]
+    assert table.tolist() == [t.startswith("##") for t in vocab]
+    ids = torch.tensor([tokenizer.encode("#bug ##")])
+    assert word_starts(ids, table)[0].tolist() == [True] * ids.shape[1]  # #, bug, #, #
+
+
 def test_bert_vocab_from_tokenizer(wordpiece: Tokenizer) -> None:
     vocab = BertVocab.from_tokenizer(wordpiece, whole_word=True)
     assert (vocab.cls_id, vocab.sep_id, vocab.pad_id, vocab.mask_id) == (CLS, SEP, PAD, MASK)
