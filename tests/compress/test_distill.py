@@ -133,7 +133,7 @@ def _random_batch(seed: int, rows: int = 8) -> Batch:
     return Batch(inputs=ids[:, :-1], targets=ids[:, 1:])
 
 
-def _trained(student: GPT, objective, steps: int = 30) -> GPT:
+def _trained(student: GPT, objective, steps: int = 20) -> GPT:
     """A copy of student after `steps` Adam steps of objective on seeded random batches."""
     student = copy.deepcopy(student).train()
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
@@ -145,9 +145,10 @@ def _trained(student: GPT, objective, steps: int = 30) -> GPT:
 
 
 def test_distillation_moves_the_student_toward_the_teacher() -> None:
-    """From the same start, 30 steps of distillation bring KL(teacher ‖ student) on held-out
-    inputs far down (measured: 0.15 -> 0.04), while plain LM training on the same random tokens
-    does not (-> 0.19): the teacher's soft targets are what the student learns."""
+    """From the same start, 20 steps of distillation bring KL(teacher ‖ student) on held-out
+    inputs far down (measured: 0.15 -> 0.05), while plain LM training on the same random tokens
+    does not (-> 0.18): the teacher's soft targets are what the student learns. Over three
+    teacher/student seeds distillation ended at 0.26-0.35 x the start, 0.21-0.28 x plain."""
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=VOCAB)
     torch.manual_seed(0)
     teacher = GPT(replace(cfg, init_std=0.1)).eval()  # peaked, input-dependent predictions
@@ -158,5 +159,5 @@ def test_distillation_moves_the_student_toward_the_teacher() -> None:
     objective = distillation_objective(teacher, temperature=2.0, alpha=0.9)
     distilled = _kl_to_teacher(teacher, _trained(student, objective), held_out)
     plain = _kl_to_teacher(teacher, _trained(student, clm_loss), held_out)
-    assert distilled < 0.5 * start
+    assert distilled < 0.6 * start
     assert distilled < 0.5 * plain
