@@ -268,8 +268,9 @@ def judge(mutation: Mutation, code: int | None, seconds: float, tail: str) -> Ou
 
 
 def _first_failure(tail: str) -> str:
+    """The first `FAILED tests/...::test_x` line of pytest's summary, shortened."""
     lines = [line for line in tail.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return lines[0][:160] if lines else ""
+    return lines[0].split(" - ")[0][:120] if lines else ""
 
 
 def run_mutation(mutation: Mutation, copies: Queue[Path], timeout: float) -> Outcome:
@@ -308,7 +309,7 @@ def run_all(mutations: Sequence[Mutation], copies: list[Path], timeout: float) -
         for done, future in enumerate(as_completed(futures), start=1):
             outcome = future.result()
             outcomes.append(outcome)
-            note = f"  ({outcome.detail})" if outcome.detail and not outcome.caught else ""
+            note = f"  {outcome.detail}" if outcome.detail else ""
             print(
                 f"[{done}/{len(mutations)}] {outcome.mutation.id:<32} {outcome.status:<8} "
                 f"{outcome.seconds:6.1f} s{note}",
