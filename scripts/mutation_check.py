@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,10 +67,10 @@ class Mutation:
 
     id: str
     file: str
-    original: str
-    replacement: str
     why: str
     tests: tuple[str, ...]
+    original: str = ""  # empty only while pending: the text is still to be pinned down
+    replacement: str = ""
     equivalent: str = ""
     pending: bool = False
 
@@ -115,6 +116,8 @@ def anchor_problems(mutation: Mutation, root: Path) -> list[str]:
     if not path.is_file():
         return [f"{mutation.id}: file {mutation.file} does not exist"]
     problems = []
+    if mutation.pending and not mutation.original:
+        return []  # its text is still to be pinned down; select() never runs it like this
     count = path.read_text(encoding="utf-8").count(mutation.original) if mutation.original else 0
     if count != 1:
         where = "is not in" if count == 0 else f"occurs {count} times in"
@@ -124,32 +127,47 @@ def anchor_problems(mutation: Mutation, root: Path) -> list[str]:
     if not mutation.tests:
         problems.append(f"{mutation.id}: names no tests")
     if not mutation.pending:
-        for test in mutation.tests:
-            if not (root / test.split("::")[0]).is_file():
-                problems.append(f"{mutation.id}: test file {test.split('::')[0]} does not exist")
+        problems += [f"{mutation.id}: {p}" for t in mutation.tests if (p := missing_test(root, t))]
     return problems
 
 
-def check_anchors(mutations: Iterable[Mutation], root: Path) -> None:
+def missing_test(root: Path, test: str) -> str:
+    """Why a test file or node id (file::test_name[param]) is not there; empty when it is."""
+    file, _, node = test.partition("::")
+    if not (root / file).is_file():
+        return f"test file {file} does not exist"
+    name = node.split("::")[-1].split("[")[0]
+    if name and f"def {name}(" not in (root / file).read_text(encoding="utf-8"):
+        return f"{file} has no test {name}"
+    return ""
+
+
+def check_anchors(mutations: Iterable[Mutation], root: Path, data: Path) -> None:
     """Refuse (exit 2) unless every mutation applies exactly once, before anything runs."""
     problems = [p for m in mutations for p in anchor_problems(m, root)]
     if problems:
-        print("mutation_check: refusing to run; the mutation list no longer fits the code:")
-        for problem in problems:
-            print(f"  - {problem}")
-        print(f"fix {DATA.relative_to(ROOT)} (original must occur exactly once in its file)")
+        lines = ["mutation_check: REFUSING TO RUN: the mutation list no longer fits the code:"]
+        lines += [f"  - {problem}" for problem in problems]
+        lines.append(f"fix {data} (each original must occur exactly once in its file)")
+        print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2)
 
 
 def select(mutations: list[Mutation], only: str, include_pending: bool) -> list[Mutation]:
     """The mutations --only names (all by default); pending ones only when asked for."""
+    unpinned = [m.id for m in mutations if m.pending and not m.original]
     if not only:
-        return [m for m in mutations if include_pending or not m.pending]
+        chosen = [m for m in mutations if include_pending or not m.pending]
+        if include_pending and unpinned:
+            print(f"skipping pending mutations without original text: {unpinned}")
+        return [m for m in chosen if m.original]
     wanted = [i.strip() for i in only.split(",") if i.strip()]
     by_id = {m.id: m for m in mutations}
     unknown = [i for i in wanted if i not in by_id]
     if unknown:
         raise SystemExit(f"--only: unknown mutation ids {unknown}; see --list")
+    if set(wanted) & set(unpinned):
+        raise SystemExit(f"--only: {sorted(set(wanted) & set(unpinned))} have no original yet")
     return [by_id[i] for i in wanted]
 
 
@@ -226,18 +244,27 @@ def warn_if_src_modified(root: Path) -> None:
 def run_pytest(
     copy: Path, env: dict[str, str], tests: Sequence[str], timeout: float
 ) -> tuple[int | None, float, str]:
-    """(pytest's exit code or None on timeout, seconds, the end of its output)."""
+    """(pytest's exit code or None on timeout, seconds, the end of its output). On a timeout
+    the whole process group goes: pytest and whatever it started (CLI runs, torchrun)."""
     base = copy.parent / f"{copy.name}-tmp"
     command = [sys.executable, *PYTEST, f"--basetemp={base}", *tests]
     start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        return None, time.perf_counter() - start, out[-2000:]
-    return done.returncode, time.perf_counter() - start, (done.stdout + done.stderr)[-2000:]
+    with subprocess.Popen(
+        command,
+        cwd=copy,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            return None, time.perf_counter() - start, output[-2000:]
+    return process.returncode, time.perf_counter() - start, output[-2000:]
 
 
 def apply(copy: Path, mutation: Mutation) -> str:
@@ -294,7 +321,8 @@ def baseline(copy: Path, mutations: Sequence[Mutation], timeout: float) -> None:
     code, seconds, tail = run_pytest(copy, test_env(copy), tests, timeout * 3)
     if code != 0:
         print(tail)
-        raise SystemExit(f"mutation_check: the baseline fails (pytest exit {code}); fix it first")
+        why = f"ran past {timeout * 3:.0f} s" if code is None else f"fails (pytest exit {code})"
+        raise SystemExit(f"mutation_check: the baseline {why}; fix it first")
     print(f"baseline: passed in {seconds:.0f} s", flush=True)
 
 
@@ -370,6 +398,8 @@ def list_mutations(mutations: Sequence[Mutation]) -> None:
         problems = anchor_problems(m, ROOT)
         state = "pending" if m.pending else ("equivalent" if m.equivalent else "active")
         anchor = "ok" if not problems else "BROKEN: " + "; ".join(problems)
+        if m.pending and not m.original:
+            anchor = "original not pinned down yet"
         print(f"{m.id:<32} {state:<10} {m.file}  [{anchor}]")
         print(f"    {m.why}")
         print(f"    tests: {' '.join(m.tests)}")
@@ -398,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         list_mutations(mutations)
         return 0
     chosen = select(mutations, args.only, args.include_pending)
-    check_anchors(mutations, ROOT)  # all of them, whatever runs: the list must follow the code
+    check_anchors(mutations, ROOT, args.data)  # all of them, whatever runs
     runnable = [m for m in chosen if not m.equivalent]
     skipped = [Outcome(m, "equivalent") for m in chosen if m.equivalent]
     if not args.only:
