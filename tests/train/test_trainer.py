@@ -428,3 +428,31 @@ def test_vocab_mismatch_between_tokenizer_and_config_raises(
     ckpt.save_checkpoint(tmp_path, model, _trainer_state(model, 2), False, keep_last=1)
     _, loaded, _ = ckpt.load_run(tmp_path)
     assert _same_weights(_weights(loaded), _weights(model))
+
+
+def test_validation_loss_is_the_per_token_mean_over_batches_of_different_sizes(
+    tiny_model_cfg: ModelConfig,
+) -> None:
+    """Prompt -> completion batches score different numbers of tokens: val_loss must be
+    Σ CE / Σ tokens over all of them, not the mean of the batch means."""
+    torch.manual_seed(0)
+    model = GPT(tiny_model_cfg).eval()
+    with torch.no_grad():  # sharper logits: per-token losses that differ between batches
+        model.lm_head.weight.mul_(40)
+    g = torch.Generator().manual_seed(3)
+    windows = torch.randint(0, tiny_model_cfg.vocab_size, (2, 4, 9), generator=g)
+    batches = []
+    for window, unscored in zip(windows, (7, 1), strict=True):  # 4 x 1 and 4 x 7 scored tokens
+        targets = window[:, 1:].clone()
+        targets[:, :unscored] = IGNORE_INDEX
+        batches.append(Batch(inputs=window[:, :-1], targets=targets))
+    cfg = TrainConfig(max_steps=1, warmup_steps=0, progress=False)
+    trainer = Trainer(model, build_optimizer(model, cfg), lambda s, m: batches[0], cfg, clm_loss)
+    got = trainer._mean_loss(model, batches)["val_loss"]
+    with torch.no_grad():
+        logits = torch.cat([model(b.inputs) for b in batches]).flatten(0, 1)
+        targets = torch.cat([b.targets for b in batches]).flatten()
+        expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / 32
+        batch_means = [clm_loss(model, b).item() for b in batches]
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(got - sum(batch_means) / 2) > 0.01  # the two means differ on this data

@@ -15,6 +15,7 @@ from lmforge.config import TrainConfig, higher_is_better
 from lmforge.data.batches import Batch
 from lmforge.errors import TrainingDiverged
 from lmforge.train.distributed import mean_across_ranks, world_size
+from lmforge.train.objectives import IGNORE_INDEX
 from lmforge.train.optim import lr_at
 from lmforge.train.runtime import autocast, grad_scaler
 from lmforge.train.tracker import Tracker
@@ -39,6 +40,15 @@ class TrainerState:
     best_step: int = 0
     evals_since_best: int = 0
     stopped_early: bool = False
+
+
+def scored_items(batch: Batch) -> int:
+    """What a batch's mean loss averages over: its tokens with a target (not IGNORE_INDEX), or
+    its sequences when only sequence labels are scored (classification)."""
+    tokens = int((batch.targets != IGNORE_INDEX).sum())
+    if tokens == 0 and batch.labels is not None:
+        return len(batch.labels)
+    return tokens
 
 
 class Trainer:
@@ -204,15 +214,23 @@ class Trainer:
 
     @torch.no_grad()
     def _mean_loss(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        """Mean objective over the batches, and its exponential (perplexity for clm)."""
+        """Mean objective over everything the batches score, and its exponential (perplexity).
+
+        val_loss = Σ_b n_b·loss_b / Σ_b n_b with n_b the batch's scored tokens (or its sequences
+        for one label each): the per-token mean, also when batches score different numbers of
+        tokens (prompt -> completion), not a mean of batch means.
+        """
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
         for batch in batches:
             batch = batch.to(self.device)
+            weight = scored_items(batch)
+            if weight == 0:
+                continue
             with autocast(self.device, self.cfg.dtype):
-                total += self.objective(model, batch).item()
-            count += 1
+                total += self.objective(model, batch).item() * weight
+            count += weight
         model.train(was_training)
         val_loss = total / count if count else math.nan
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))}
