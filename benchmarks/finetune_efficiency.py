@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ from lmforge.train.optim import build_optimizer
 
 GPT_SHAPE = {"n_layer": 6, "n_head": 8, "n_embd": 512, "block_size": 256, "vocab_size": 8192}
 LORA = {"r": 8, "alpha": 16.0, "targets": ["q", "k", "v", "o"]}
+FULL_LRS = (5e-5, 1e-4, 3e-4, 6e-4, 1e-3)  # the same five-point search for both sides
+LORA_LRS = (1e-3, 2e-3, 3e-3, 5e-3, 1e-2)
 DEFAULT_BASE = Path("runs/bench-bert/bert-mini")
 RATIOS = ("lora_peak_rss_vs_full", "lora_peak_above_runtime_vs_full", "lora_speedup")
 
@@ -165,7 +168,7 @@ def pretrained_base(args: argparse.Namespace) -> tuple[Path, str]:
     return run, f"pretrained here for {steps} steps (configs/bert-mini.yaml)"
 
 
-def tuned(base: Path, files, out: Path, lrs: list[float], extra: list[str], args) -> dict:
+def tuned(base: Path, files, out: Path, lrs: Sequence[float], extra: list[str], args) -> dict:
     """`finetune classify` at each lr; the one with the best validation accuracy, and all."""
     from bert_pretrain_finetune import finetune  # a sibling script
 
@@ -218,8 +221,8 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="a pretrained BERT run for the accuracy part")
     parser.add_argument("--pretrain-steps", type=int, default=400, help="without a base run")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-finetune"))
-    parser.add_argument("--full-lr", type=floats, default=[5e-5, 1e-4, 3e-4], help="lrs to try")
-    parser.add_argument("--lora-lr", type=floats, default=[1e-3, 3e-3, 1e-2], help="lrs to try")
+    parser.add_argument("--full-lr", type=floats, default=FULL_LRS, help="lrs to try")
+    parser.add_argument("--lora-lr", type=floats, default=LORA_LRS, help="lrs to try")
     parser.add_argument("--lora-targets", default="q,k,v,o,fc,down", help="accuracy part")
     parser.add_argument("--ft-epochs", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1337)
