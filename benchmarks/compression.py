@@ -43,6 +43,7 @@ from lmforge.evaluate import split_perplexity
 from lmforge.generate import generate_batch_tokens
 from lmforge.model.packed import packed_linears
 from lmforge.train.objectives import clm_loss
+from train_shakespeare_char import matmul_gflops  # a sibling script: the calibration matmul
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -200,7 +201,10 @@ def main() -> None:
     block = cfg.model.block_size
     prompt = tokenizer.encode("The list type is a mutable sequence")[:16]
     models = variants(model, shards, block, args.recovery_steps)
+    calibration = [matmul_gflops()]
     result = {"rows": measure(models, shards, block, args.rounds, prompt)}
+    calibration.append(matmul_gflops())
+    result["matmul_gflops"] = [round(g, 1) for g in calibration]
     result["int8_run"] = int8_run_sizes(args.run)
     if args.gpt2_shape:
         result["gpt2_shape"] = gpt2_shape_int8(args.rounds)
