@@ -158,6 +158,8 @@ def test_mlm_nsp_metrics_by_hand() -> None:
     right = -math.log(math.exp(5) / (math.exp(5) + V - 1))
     wrong = -math.log(1 / (math.exp(5) + V - 1))
     assert metrics["mlm_accuracy"] == pytest.approx(3 / 5)  # pooled, not (1/3 + 2/2) / 2
+    # the echo model only copies: right on the 3 visible targets, wrong on the 2 it cannot see
+    assert metrics["mlm_hidden_accuracy"] == 0.0
     assert metrics["mlm_loss"] == pytest.approx((3 * right + 2 * wrong) / 5)
     nsp_right = -math.log(math.exp(5) / (math.exp(5) + 1))
     nsp_wrong = -math.log(1 / (math.exp(5) + 1))
@@ -167,4 +169,22 @@ def test_mlm_nsp_metrics_by_hand() -> None:
 
 def test_mlm_metrics_without_nsp_labels_leave_out_nsp() -> None:
     batch = Batch(torch.tensor([[1, 2]]), torch.tensor([[1, IGNORE_INDEX]]))
-    assert set(mlm_nsp_metrics(_EchoEncoder(), [batch])) == {"mlm_loss", "mlm_accuracy"}
+    metrics = mlm_nsp_metrics(_EchoEncoder(), [batch])
+    assert set(metrics) == {"mlm_loss", "mlm_accuracy", "mlm_hidden_accuracy"}
+    assert math.isnan(metrics["mlm_hidden_accuracy"])  # the one target is visible: none hidden
+
+
+class _GuessEncoder(_EchoEncoder):
+    """Predicts token 8 everywhere: right wherever the target is 8, whatever the input shows."""
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return 5.0 * F.one_hot(torch.full(hidden.shape[:-1], 8), V).float()
+
+
+def test_hidden_accuracy_counts_only_targets_the_input_does_not_show() -> None:
+    x = IGNORE_INDEX
+    # scored: (7 shows 7), (9 hides 8), (4 hides 6), (8 shows 8), (3 hides 8)
+    batch = Batch(torch.tensor([[2, 7, 9], [4, 8, 3]]), torch.tensor([[x, 7, 8], [6, 8, 8]]))
+    metrics = mlm_nsp_metrics(_GuessEncoder(), [batch])
+    assert metrics["mlm_accuracy"] == pytest.approx(3 / 5)  # the three targets that are 8
+    assert metrics["mlm_hidden_accuracy"] == pytest.approx(2 / 3)  # 8 at two of three hidden

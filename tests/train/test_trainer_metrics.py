@@ -222,6 +222,7 @@ def test_encoder_metrics_report_mlm_and_nsp_and_their_sum() -> None:
         "val_loss",
         "val_mlm_loss",
         "val_mlm_accuracy",
+        "val_mlm_hidden_accuracy",
         "val_nsp_loss",
         "val_nsp_accuracy",
     }

@@ -101,23 +101,29 @@ def mlm_nsp_metrics(model: nn.Module, batches: Iterable[Batch]) -> dict[str, flo
     """MLM and NSP loss and accuracy over batches, each pooled over all its predictions.
 
     mlm_loss = Σ CE / N and mlm_accuracy = #(argmax = target) / N over the N masked tokens of
-    every batch (not a mean of batch means); nsp_loss and nsp_accuracy likewise over the
-    sequences, present only when the batches carry NSP labels. No masked tokens gives nan.
+    every batch (not a mean of batch means); mlm_hidden_accuracy likewise over the masked tokens
+    whose input does not show the target ([MASK] or a random token): BERT leaves 10% of the
+    chosen tokens visible, which a model that copies its input gets right for free. nsp_loss and
+    nsp_accuracy likewise over the sequences, present only when the batches carry NSP labels.
+    No masked tokens gives nan.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums = dict.fromkeys(
-        ("mlm_loss", "mlm_correct", "mlm_n", "nsp_loss", "nsp_correct", "nsp_n"), 0.0
-    )
+    names = ("mlm_loss", "mlm_correct", "mlm_n", "mlm_hidden_correct", "mlm_hidden_n")
+    sums = dict.fromkeys((*names, "nsp_loss", "nsp_correct", "nsp_n"), 0.0)
     for batch in batches:
         batch = batch.to(device)
         hidden = _encode(model, batch)
         logits, targets = _masked_logits(model, hidden, batch.targets)
         logits = logits.float()
+        right = logits.argmax(-1) == targets  # (N,)
+        unseen = batch.inputs[batch.targets != IGNORE_INDEX] != targets  # (N,)
         sums["mlm_loss"] += F.cross_entropy(logits, targets, reduction="sum").item()
-        sums["mlm_correct"] += (logits.argmax(-1) == targets).sum().item()
+        sums["mlm_correct"] += right.sum().item()
         sums["mlm_n"] += targets.numel()
+        sums["mlm_hidden_correct"] += (right & unseen).sum().item()
+        sums["mlm_hidden_n"] += unseen.sum().item()
         if batch.labels is not None:
             nsp = model.nsp_logits(hidden).float()  # (B, 2)
             sums["nsp_loss"] += F.cross_entropy(nsp, batch.labels, reduction="sum").item()
@@ -130,4 +136,6 @@ def mlm_nsp_metrics(model: nn.Module, batches: Iterable[Batch]) -> dict[str, flo
         if task == "mlm" or n:
             metrics[f"{task}_loss"] = sums[f"{task}_loss"] / n if n else math.nan
             metrics[f"{task}_accuracy"] = sums[f"{task}_correct"] / n if n else math.nan
+    n = sums["mlm_hidden_n"]
+    metrics["mlm_hidden_accuracy"] = sums["mlm_hidden_correct"] / n if n else math.nan
     return metrics
