@@ -8,10 +8,12 @@
    resident set size (`ru_maxrss`) is its own: the library's model, `add_lora` (r 8, alpha 16
    on q, k, v, o, i.e. our fused qkv and the attention output), `build_optimizer` (fused AdamW)
    and `clm_loss`, on the same random (batch, 256) token batch; 2 warm-up steps, then --steps
-   timed optimizer steps (forward, backward, clip, step). LoRA saves the gradients and AdamW
-   moments of the frozen weights (3 x 93 MB here) but not the activations, which grow with the
-   batch; the ratio is therefore reported for each of --batches (the first is the headline),
-   and also above the process's RSS before the model is built (Python + torch, ~245 MB).
+   timed optimizer steps (forward, backward, clip, step), in --rounds processes per variant
+   taking turns going first; steps/s is from the median step over all rounds. LoRA saves the
+   gradients and AdamW moments of the frozen weights (3 x 93 MB here) but not the activations,
+   which grow with the batch; the ratio is therefore reported for each of --batches (the first
+   is the headline), and also above the process's RSS before the model is built (Python +
+   torch, ~245 MB).
 2. Accuracy, on the classification task of benchmarks/bert_pretrain_finetune.py ("which
    library does this docstring come from?", its train/validation/test split by source file):
    `lmforge finetune classify` (`jobs.finetune`) of the same pretrained BERT-mini, full (each lr
@@ -27,6 +29,7 @@ The last stdout line is JSON.
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -87,7 +90,8 @@ def measure_variant(variant: str, batch: int, steps: int, seed: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         durations.append(time.perf_counter() - start)
-    timed = sum(durations[2:])
+    timed = durations[2:]
+    step_s = statistics.median(timed)
     return {
         "params": total,
         "trainable": trainable,
@@ -96,8 +100,9 @@ def measure_variant(variant: str, batch: int, steps: int, seed: int) -> dict:
         "rss_after_build_mb": round(rss_before, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_above_runtime_mb": round(peak_rss_mb() - rss_runtime, 1),
-        "steps_per_s": round(steps / timed, 3),
-        "tokens_per_s": round(steps * batch * GPT_SHAPE["block_size"] / timed, 1),
+        "steps_per_s": round(1 / step_s, 3),
+        "tokens_per_s": round(batch * GPT_SHAPE["block_size"] / step_s, 1),
+        "step_seconds": [round(d, 5) for d in timed],
         "final_loss": round(loss.item(), 4),
     }
 
@@ -112,11 +117,31 @@ def run_variant(variant: str, batch: int, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def alternated(batch: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Each variant in --rounds fresh processes, taking turns going first; memory from the
+    first round, speed from the median step over every round's timed steps."""
+    rounds: dict[str, list[dict]] = {"full": [], "lora": []}
+    for index in range(args.rounds):
+        for variant in ("full", "lora") if index % 2 == 0 else ("lora", "full"):
+            rounds[variant].append(run_variant(variant, batch, args))
+    merged = {}
+    for variant, runs in rounds.items():
+        step_s = statistics.median(d for run in runs for d in run["step_seconds"])
+        merged[variant] = {
+            **runs[0],
+            "steps_per_s": round(1 / step_s, 3),
+            "tokens_per_s": round(batch * GPT_SHAPE["block_size"] / step_s, 1),
+            "rounds": len(runs),
+        }
+        del merged[variant]["step_seconds"]
+    return merged
+
+
 def compare(batch: int, args: argparse.Namespace) -> dict:
     """Full and LoRA fine-tuning on the same (batch, 256) batch."""
-    full = run_variant("full", batch, args)
+    runs = alternated(batch, args)
+    full, lora = runs["full"], runs["lora"]
     log(f"batch {batch}, full fine-tuning: {full}")
-    lora = run_variant("lora", batch, args)
     log(f"batch {batch}, LoRA r={LORA['r']}: {lora}")
     return {
         "batch": [batch, GPT_SHAPE["block_size"]],
@@ -217,7 +242,8 @@ def main() -> None:
         help="batch sizes (sequences of 256 tokens) to compare at; the first is the headline",
     )
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per variant")
     parser.add_argument("--base", type=Path, help="a pretrained BERT run for the accuracy part")
     parser.add_argument("--pretrain-steps", type=int, default=400, help="without a base run")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-finetune"))
