@@ -90,3 +90,24 @@ def test_only_cli_exits() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name not in ("cli.py", "__main__.py"):
             assert "sys.exit" not in path.read_text(encoding="utf-8"), path
+
+
+def test_the_ignore_index_is_defined_once_and_is_pytorchs_default() -> None:
+    """One IGNORE_INDEX (data/batches.py, beside Batch) for every batch builder and loss; it
+    must stay F.cross_entropy's default, which some losses rely on."""
+    import inspect
+
+    import torch.nn.functional as F
+
+    from lmforge.data.batches import IGNORE_INDEX
+
+    definitions = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "IGNORE_INDEX" for t in node.targets)
+    ]
+    assert definitions == ["data/batches.py"]
+    default = inspect.signature(F.cross_entropy).parameters["ignore_index"].default
+    assert default == IGNORE_INDEX

@@ -30,7 +30,7 @@ from lmforge.config import (
     read_config_file,
     to_dict,
 )
-from lmforge.data.batches import Batch, step_generator
+from lmforge.data.batches import IGNORE_INDEX, Batch, step_generator
 from lmforge.data.classify import LABELS_FILE
 from lmforge.data.sft import (
     CHAT_TEMPLATE,
@@ -53,7 +53,6 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.training import TrainingPlan, open_data, train
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 CHAT_TEMPLATE_FILE = "chat_template.json"  # how `messages` were rendered (data/sft.py)
 # Continued pretraining and SFT start from trained weights: a tenth of pretraining's lr, short.
 LM_TRAIN_DEFAULTS: Mapping[str, Any] = {

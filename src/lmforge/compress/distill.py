@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.data.batches import Batch
+from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import ConfigError
-
-IGNORE_INDEX = -100
 
 
 def soft_target_loss(

@@ -5,10 +5,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+IGNORE_INDEX = -100  # a target no loss counts (prompt, padding, unmasked); PyTorch's default
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Model inputs and the targets the loss compares against (-100 = ignored position).
+    """Model inputs and the targets the loss compares against (IGNORE_INDEX = not scored).
 
     The optional fields serve the encoder and fine-tuning objectives; a causal-LM batch leaves
     them None.

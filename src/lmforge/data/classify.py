@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.batches import Batch, step_generator
-from lmforge.data.sentences import IGNORE_INDEX, truncated_lengths
+from lmforge.data.batches import IGNORE_INDEX, Batch, step_generator
+from lmforge.data.sentences import truncated_lengths
 from lmforge.errors import CheckpointError, DataError
 from lmforge.files import write_text_atomic
 from lmforge.tokenizer import Tokenizer

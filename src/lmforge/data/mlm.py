@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.batches import Batch
-from lmforge.data.sentences import IGNORE_INDEX, SentenceCorpus, nsp_examples
+from lmforge.data.batches import IGNORE_INDEX, Batch
+from lmforge.data.sentences import SentenceCorpus, nsp_examples
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer
 

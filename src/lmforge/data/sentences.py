@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.batches import Batch
+from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import DataError
 
-IGNORE_INDEX = -100
 IS_NEXT, NOT_NEXT = 0, 1  # NSP labels as in Hugging Face BertForPreTraining
 
 # A sentence ends after . ! ? (optionally closed by a quote or bracket) when whitespace and a

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.batches import Batch
+from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import DataError
 from lmforge.files import read_utf8
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 CHAT_TEMPLATE = "<|{role}|>\n{content}\n"  # one turn; a prompt ends with "<|assistant|>\n"
 

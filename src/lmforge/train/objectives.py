@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.data.batches import Batch
-
-IGNORE_INDEX = -100
+from lmforge.data.batches import IGNORE_INDEX, Batch
 
 
 def clm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from lmforge.config import TrainConfig, higher_is_better
-from lmforge.data.batches import Batch
+from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import TrainingDiverged
 from lmforge.train.distributed import mean_across_ranks, world_size
-from lmforge.train.objectives import IGNORE_INDEX
 from lmforge.train.optim import lr_at
 from lmforge.train.runtime import autocast, grad_scaler
 from lmforge.train.tracker import Tracker
