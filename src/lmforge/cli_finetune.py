@@ -139,10 +139,12 @@ def _run_multitask(args: argparse.Namespace, sets: list[str]) -> None:
     summary = multitask.finetune_multitask(cfg, files, args.out, args.overwrite)
     best = summary["best"]
     print(f"fine-tuned {summary['steps']} steps on {len(files)} tasks -> {summary['run_dir']}")
+    drawn = summary["batches_per_task"]
     for name in files:
         print(
             f"  {name}: accuracy {best[f'val_{name}_accuracy']:.4f}, "
-            f"macro-F1 {best[f'val_{name}_macro_f1']:.4f}"
+            f"macro-F1 {best[f'val_{name}_macro_f1']:.4f}, "
+            f"{drawn[name]} of {sum(drawn.values())} training batches"
         )
     print(f"  mean accuracy {best['val_accuracy']:.4f} (best at step {best['step']})")
 

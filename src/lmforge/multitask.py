@@ -199,10 +199,18 @@ def finetune_multitask(
                 best.clear()
                 best.update(evaluator.last, step=state["state"]["step"])
 
+        drawn = dict.fromkeys(specs, 0)  # training batches each task got
+        sampler = task_sampler(tasks, size, cfg.train.seed, cfg.finetune.task_temperature)
+
+        def counted(step: int, micro: int) -> Batch:
+            batch = sampler(step, micro)
+            drawn[batch.task] += 1
+            return batch
+
         trainer = Trainer(
             model,
             build_optimizer(model, cfg.train),
-            task_sampler(tasks, size, cfg.train.seed, cfg.finetune.task_temperature),
+            counted,
             cfg.train,
             partial(multitask_loss, label_smoothing=cfg.finetune.label_smoothing),
             lambda: valid,
@@ -214,4 +222,10 @@ def finetune_multitask(
             state = trainer.fit()
         finally:
             trainer.tracker.close()
-    return {"run_dir": str(out), "steps": state.step, "best": best, "tasks": list(task_files)}
+    return {
+        "run_dir": str(out),
+        "steps": state.step,
+        "best": best,
+        "tasks": list(task_files),
+        "batches_per_task": drawn,
+    }

@@ -3,7 +3,9 @@ finetune classify -> predict, a GPT base fine-tuned too, and each bad input's `e
 
 import dataclasses
 import json
+import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -493,3 +495,35 @@ def test_whole_word_masking_is_a_data_switch(tmp_path: Path) -> None:
                 split_words[whole_word] += int(not masked[row, start:end].all())
     assert split_words[False] > 10  # piece-level masking splits words
     assert split_words[True] == 0
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_task_temperature_sets_how_often_each_task_trains(
+    bert_run: Path,
+    task_files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    temperature: float,
+) -> None:
+    """With 160 and 40 training examples, task i is drawn with p_i = n_i^(1/T) / Σ n_j^(1/T):
+    p_topic = 0.941 at T = 0.5 and 0.667 at T = 2. The share of training batches each task got
+    (printed by the CLI) follows it within 4 standard deviations of a binomial count."""
+    train, dev = task_files
+    rng = random.Random(7)
+    small = _write_tsv(tmp_path / "len_train.tsv", _length_rows(rng, 40))
+    small_dev = _write_tsv(tmp_path / "len_dev.tsv", _length_rows(rng, 20))
+    for name, (tr, dv) in {"topic": (train, dev), "length": (small, small_dev)}.items():
+        (tmp_path / f"{name}.yaml").write_text(f"train_file: {tr}\nvalid_file: {dv}\n")
+    args = ["finetune", "multitask", "--base", str(bert_run), "--out", str(tmp_path / "mt")]
+    args += ["--task", f"topic={tmp_path / 'topic.yaml'}"]
+    args += ["--task", f"length={tmp_path / 'length.yaml'}"]
+    sets = ["train.lr=3e-3", "finetune.epochs=8", "train.batch_size=16", "train.progress=false"]
+    sets.append(f"finetune.task_temperature={temperature}")
+    assert main([*args, *(f"--set={item}" for item in sets)]) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"topic: .*, (\d+) of (\d+) training batches", printed)
+    assert found, printed
+    topic, total = int(found[1]), int(found[2])
+    assert total == 8 * ((160 + 40) // 16)  # every step drew one batch
+    p = 160 ** (1 / temperature) / (160 ** (1 / temperature) + 40 ** (1 / temperature))
+    assert abs(topic / total - p) <= 4 * math.sqrt(p * (1 - p) / total), (topic, total, p)
