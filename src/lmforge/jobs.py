@@ -205,7 +205,11 @@ def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]
 
 
 def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """A run directory -> a directory that transformers' from_pretrained loads."""
-    from lmforge.interop import hf
+    """A run directory -> a directory that transformers' from_pretrained loads; an adapter run
+    -> its base there and its LoRA as a PEFT adapter in out/adapter/."""
+    from lmforge.adapters import is_adapter_run
+    from lmforge.interop import hf, peft
 
+    if is_adapter_run(Path(run_dir)):
+        return peft.export_peft_adapter(run_dir, out, overwrite)
     return hf.export_hf(run_dir, out, overwrite)

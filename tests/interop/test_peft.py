@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, BertForPreTraining
 from lmforge import checkpoint as ckpt
 from lmforge.adapters import save_adapter
 from lmforge.errors import CheckpointError
-from lmforge.interop.hf import export_hf
+from lmforge.interop import hf
+from lmforge.jobs import export_hf
 from lmforge.model.lora import add_lora
 from lmforge.tokenizer import Tokenizer
 
@@ -85,6 +86,8 @@ def test_exported_bert_adapter_splits_qkv_into_three_peft_loras(
     base = _base_run(tmp_path, bpe_tokenizer, arch="bert", type_vocab_size=2)
     run = _adapter_run(tmp_path, base, ["q", "down"])
     export_hf(run, tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="adapter run"):  # the plain exporter refuses it
+        hf.export_hf(run, tmp_path / "plain")
     settings = json.loads((tmp_path / "hf" / "adapter" / "adapter_config.json").read_text())
     # the MLP's `output.dense` suffix would also catch `attention.output.dense`: full names
     assert "bert.encoder.layer.1.attention.self.value" in settings["target_modules"]

@@ -274,13 +274,14 @@ def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
 def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """An lmforge run directory -> a directory `transformers` loads with from_pretrained offline.
 
-    An adapter run exports its base here and its un-merged LoRA as a PEFT adapter in
-    `out/adapter/` (see interop/peft.py).
+    An adapter run is exported by interop/peft.py (its base through this module, its un-merged
+    LoRA as a PEFT adapter); `lmforge export hf` picks the right one.
     """
     if is_adapter_run(Path(run_dir)):
-        from lmforge.interop.peft import export_peft_adapter  # peft.py builds on this module
-
-        return export_peft_adapter(run_dir, out, overwrite)
+        raise CheckpointError(
+            f"{run_dir} is a LoRA adapter run: export it with `lmforge export hf` "
+            "(interop.peft.export_peft_adapter), which writes its base and a PEFT adapter"
+        )
     with staged_directory(out, overwrite) as tmp:
         summary = write_hf_model(Path(run_dir), tmp)
     log.info("exported %s as %s into %s", run_dir, summary["architecture"], out)
