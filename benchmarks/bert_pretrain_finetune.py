@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge import eval_jobs, jobs, training
 from lmforge.config import load_config
 from lmforge.data.batches import step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards
+from lmforge.rundir.load import load_run
 
 LIBRARIES = ("numpy", "scipy", "matplotlib", "sklearn", "torch")
 SKIPPED_PARTS = frozenset({"tests", "test", "testing", "_vendor", "externals", "benchmarks"})
@@ -133,7 +133,7 @@ def trivial_predictions(batch, mask_id: int, unigram: int) -> torch.Tensor:
 def mlm_figures(run: Path, data: Path, batches: int = 40) -> dict[str, float]:
     """MLM/NSP accuracy on fresh validation batches, overall and on [MASK]-replaced positions
     alone, next to the copy-visible-else-unigram rule and the plain unigram rule."""
-    cfg, model, tokenizer = ckpt.load_run(run)
+    cfg, model, tokenizer = load_run(run)
     model.eval()
     shards = TokenShards(data)
     vocab = BertVocab.from_tokenizer(tokenizer)

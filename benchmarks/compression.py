@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmforge import checkpoint as ckpt
 from lmforge.compress.prune import (
     magnitude_prune,
     make_permanent,
@@ -35,13 +34,15 @@ from lmforge.compress.prune import (
     sparsity_by_layer,
 )
 from lmforge.compress.quantize import linear_weight_bytes, model_bytes, quantize_int8
-from lmforge.compress.runs import directory_bytes, quantize_run
 from lmforge.config import SamplingConfig
 from lmforge.data.batches import clm_batch, step_generator
 from lmforge.data.shards import TokenShards
 from lmforge.evaluate import split_perplexity
-from lmforge.generate import generate_batch_tokens
-from lmforge.model.packed import packed_linears
+from lmforge.generation.loop import generate_batch_tokens
+from lmforge.jobs.compress import directory_bytes, quantize_run
+from lmforge.model.onednn import packed_linears
+from lmforge.rundir import layout
+from lmforge.rundir.load import load_run
 from lmforge.train.objectives import clm_loss
 from train_shakespeare_char import matmul_gflops  # a sibling script: the calibration matmul
 
@@ -193,10 +194,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gpt2-shape", action="store_true", help="also int8 on GPT-2-small")
     args = parser.parse_args()
-    if not (args.run / ckpt.MODEL_FILE).is_file():
+    if not (args.run / layout.MODEL_FILE).is_file():
         raise SystemExit(f"{args.run} has no model: run `make demo` first (or pass --run)")
     torch.manual_seed(0)
-    cfg, model, tokenizer = ckpt.load_run(args.run)
+    cfg, model, tokenizer = load_run(args.run)
     shards = TokenShards(args.data)
     block = cfg.model.block_size
     prompt = tokenizer.encode("The list type is a mutable sequence")[:16]

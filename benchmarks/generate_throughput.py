@@ -21,7 +21,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.config import SamplingConfig
-from lmforge.generate import generate_batch_tokens, generate_tokens
+from lmforge.generation.loop import generate_batch_tokens, generate_tokens
 from lmforge.interop.hf import model_from_hf
 from lmforge.model import GPT
 

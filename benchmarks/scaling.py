@@ -50,10 +50,10 @@ def worker(strategy: str) -> None:
     device, then sharded and filled from rank 0), take 3 AdamW steps, report."""
     from lmforge.config import DistConfig, ModelConfig, RunConfig, TrainConfig
     from lmforge.data.batches import clm_batch
+    from lmforge.jobs.session import TrainingPlan, prepare_model
     from lmforge.train.distributed import init_distributed
     from lmforge.train.objectives import clm_loss
     from lmforge.train.optim import build_optimizer
-    from lmforge.training import TrainingPlan, prepare_model
 
     ctx = init_distributed("cpu")
     cfg = RunConfig(

@@ -31,7 +31,7 @@ VARIANTS = {
     "activation_checkpointing": ["dist.activation_checkpointing=true"],
 }
 RUNNER = (
-    "import resource, sys; from lmforge.cli import main; code = main(sys.argv[1:]); "
+    "import resource, sys; from lmforge.cli.main import main; code = main(sys.argv[1:]); "
     "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
 )
 

@@ -59,7 +59,7 @@ PYTEST = ("-m", "pytest", "-x", "-q", "-p", "no:cacheprovider")
 # Where the package, the console script's module and `python -m lmforge`'s module come from:
 # every path printed must lie inside the copy.
 WHERE = (
-    "import importlib.util, lmforge, lmforge.cli; "
+    "import importlib.util, lmforge, lmforge.cli.main; "
     "print(lmforge.__file__, lmforge.cli.__file__, "
     "importlib.util.find_spec('lmforge.__main__').origin)"
 )

@@ -53,7 +53,7 @@ def corpus_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def prepared_dir(tmp_path: Path, corpus_dir: Path) -> Path:
     """corpus_dir prepared with a char tokenizer (fast to train, small vocabulary)."""
-    from lmforge.jobs import PrepareOptions, prepare
+    from lmforge.jobs.prepare import PrepareOptions, prepare
 
     out = tmp_path / "data"
     prepare(PrepareOptions(inputs=[str(corpus_dir)], out=out, tokenizer="char"))

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lmforge import checkpoint as ckpt
-from lmforge.cli import main
+from lmforge.cli.main import main
 from lmforge.config import RunConfig, load_config
 from lmforge.errors import ConfigError
-from lmforge.estimate import estimate
+from lmforge.jobs.estimate import estimate
+from lmforge.rundir.load import build_model
 from lmforge.train.optim import build_optimizer
 
 SETS = ["model.vocab_size=1000", "model.n_layer=4", "model.n_embd=64", "model.n_head=4"]
@@ -37,7 +37,7 @@ def _cfg(*sets: str) -> RunConfig:
 
 def _built(cfg: RunConfig) -> torch.nn.Module:
     torch.manual_seed(0)
-    return ckpt.build_model(cfg).train()
+    return build_model(cfg).train()
 
 
 def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import pytest
 
 from lmforge.config import load_config
-from lmforge.estimate import estimate
+from lmforge.jobs.estimate import estimate
 
 SETS = ["model.vocab_size=1000", "model.n_layer=4", "model.n_embd=64", "model.n_head=4"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig, SamplingConfig
-from lmforge.generate import generate_text, generate_tokens, sample_next
+from lmforge.generation.loop import generate_text, generate_tokens, sample_next
 from lmforge.model import GPT
 from lmforge.tokenizer import Tokenizer
 
@@ -196,7 +196,7 @@ def test_max_new_tokens_is_respected() -> None:
 def test_long_prompt_is_cropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     model = _model()
     prompt = [(5 * i + 1) % 97 for i in range(2 * BLOCK + 3)]
-    with caplog.at_level(logging.WARNING, logger="lmforge.generate"):
+    with caplog.at_level(logging.WARNING, logger="lmforge.generation.loop"):
         got = list(generate_tokens(model, prompt, _greedy(10)))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -206,7 +206,7 @@ def test_long_prompt_is_cropped_with_a_warning(caplog: pytest.LogCaptureFixture)
 
 def test_prompt_that_fits_gives_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     model = _model()
-    with caplog.at_level(logging.WARNING, logger="lmforge.generate"):
+    with caplog.at_level(logging.WARNING, logger="lmforge.generation.loop"):
         list(generate_tokens(model, list(range(BLOCK - 1)), _greedy(3)))
     assert not caplog.records
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lmforge.config import ModelConfig, SamplingConfig
 from lmforge.errors import ConfigError
-from lmforge.generate import (
+from lmforge.generation.loop import (
     beam_search,
     generate,
     generate_batch_tokens,

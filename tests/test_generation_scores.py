@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from lmforge import finetune_lm
 from lmforge.data.sft import Pair
+from lmforge.jobs import evaluate as evaluate_job
 
 REFERENCES = [
     "the cat sat on the mat today",
@@ -42,14 +42,14 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(prompts))
         return iter(OUTPUTS[: len(prompts)])
 
-    monkeypatch.setattr(finetune_lm.ckpt, "load_run", lambda run: (None, _Model(), _Tokenizer()))
-    monkeypatch.setattr(finetune_lm, "generate", generate)
+    monkeypatch.setattr(evaluate_job, "load_run", lambda run: (None, _Model(), _Tokenizer()))
+    monkeypatch.setattr(evaluate_job, "generate", generate)
     return calls
 
 
 def test_scores_compare_hypotheses_with_references(stubbed: list[list[str]]) -> None:
     pairs = [Pair(f"prompt {i}", f" {ref} ") for i, ref in enumerate(REFERENCES)]
-    scores = finetune_lm.score_generation(Path("run"), pairs)
+    scores = evaluate_job.score_generation(Path("run"), pairs)
     assert stubbed == [[p.prompt for p in pairs]]
     hypotheses = [o.strip() for o in OUTPUTS]
     bleu = sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score
@@ -65,6 +65,6 @@ def test_scores_compare_hypotheses_with_references(stubbed: list[list[str]]) -> 
 
 def test_exact_match_compares_stripped_texts(stubbed: list[list[str]]) -> None:
     pairs = [Pair("p", " the cat sat on the mat\n"), Pair("q", "a quick dog")]
-    scores = finetune_lm.score_generation(Path("run"), pairs)
+    scores = evaluate_job.score_generation(Path("run"), pairs)
     assert scores["exact_match"] == 0.5
     assert scores["samples"][0] == {"prompt": "p", "output": "the cat sat on the mat"}

@@ -196,7 +196,7 @@ def test_vocab_size_too_small_is_rejected() -> None:
 def test_generation_with_a_wordpiece_tokenizer_fails_clearly(wordpiece: Tokenizer) -> None:
     """generate_text needs <|endoftext|> as its stop token: a DataError, before the model runs."""
     from lmforge.config import ModelConfig, SamplingConfig
-    from lmforge.generate import generate_text
+    from lmforge.generation.loop import generate_text
     from lmforge.model import GPT
 
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=wordpiece.vocab_size)

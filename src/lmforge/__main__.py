@@ -2,6 +2,6 @@
 
 import sys
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 sys.exit(main())

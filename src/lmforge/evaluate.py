@@ -15,7 +15,7 @@ from torch import nn
 from lmforge.data.batches import Batch
 from lmforge.data.shards import TokenShards
 from lmforge.errors import ConfigError, DataError
-from lmforge.model.packed import packed_linears
+from lmforge.model.onednn import packed_linears
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import DataError
-from lmforge.files import write_text_atomic
+from lmforge.rundir.files import write_text_atomic
 
 EOT = "<|endoftext|>"
 UNK = "<|unk|>"

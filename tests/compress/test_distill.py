@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.compress.distill import (
-    distillation_loss,
-    distillation_objective,
-    soft_target_loss,
-)
 from lmforge.config import ModelConfig
 from lmforge.data.batches import Batch
 from lmforge.errors import ConfigError
 from lmforge.model import GPT
-from lmforge.train.objectives import clm_loss
+from lmforge.train.objectives import (
+    clm_loss,
+    distillation_loss,
+    distillation_objective,
+    soft_target_loss,
+)
 
 
 def _logits(seed: int) -> torch.Tensor:

@@ -9,13 +9,14 @@ from lmforge.compress.prune import (
     make_permanent,
     prune_heads,
     prune_neurons,
-    recover,
     sparsity_by_layer,
 )
-from lmforge.config import ModelConfig
+from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data.batches import Batch
 from lmforge.errors import ConfigError
 from lmforge.model import BERT, GPT
+from lmforge.train.optim import build_optimizer
+from lmforge.train.trainer import Trainer
 
 CFG = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=67, pos_emb="rope")
 
@@ -59,8 +60,15 @@ def test_recovery_lowers_the_loss_and_pruned_weights_stay_zero() -> None:
     zero_masks = [m.weight.detach() == 0 for m in _block_linears(model)]
     ids = _ids(8)
     batch = Batch(inputs=ids[:, :-1], targets=ids[:, 1:])
-    losses = recover(model, iter(lambda: batch, None), steps=30, loss_fn=_lm_loss, lr=3e-3)
-    assert losses[-1] < 0.8 * losses[0]
+    # recovery as `compress prune --finetune-steps` runs it: the one Trainer, constant lr, clipped
+    cfg = TrainConfig(
+        max_steps=30, lr=3e-3, min_lr=3e-3, warmup_steps=0, grad_clip=1.0, progress=False
+    )
+    before = _lm_loss(model, batch).item()
+    Trainer(
+        model.train(), build_optimizer(model, cfg), lambda step, micro: batch, cfg, _lm_loss
+    ).fit()
+    assert _lm_loss(model, batch).item() < 0.8 * before
     make_permanent(model)
     assert not any("weight_orig" in k or "weight_mask" in k for k in model.state_dict())
     for mask, linear in zip(zero_masks, _block_linears(model), strict=True):

@@ -6,18 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
-from lmforge import jobs
-from lmforge.compress.runs import (
-    PRUNING_FILE,
-    compress_report,
-    count_parameters,
-    prune_run,
-    quantize_run,
-)
 from lmforge.config import ModelConfig, RunConfig, TrainConfig
 from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.jobs.compress import compress_report, count_parameters, prune_run, quantize_run
+from lmforge.jobs.prepare import PrepareOptions, prepare
 from lmforge.model import GPT
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.layout import PRUNING_FILE
+from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
 TEXT = "\n\n".join(
@@ -32,7 +29,7 @@ def float_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("compress")
     (root / "corpus.txt").write_text(TEXT, encoding="utf-8")
     data = root / "data"
-    jobs.prepare(jobs.PrepareOptions(inputs=[str(root / "corpus.txt")], out=data, vocab_size=300))
+    prepare(PrepareOptions(inputs=[str(root / "corpus.txt")], out=data, vocab_size=300))
     tokenizer = Tokenizer.load(data / "tokenizer.json")
     model_cfg = ModelConfig(
         n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=tokenizer.vocab_size
@@ -41,7 +38,7 @@ def float_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     run = root / "run"
     ckpt.write_run_files(run, cfg, tokenizer)
-    ckpt.save_weights(GPT(model_cfg), run / ckpt.MODEL_FILE)
+    ckpt.save_weights(GPT(model_cfg), run / layout.MODEL_FILE)
     return run, data
 
 
@@ -56,9 +53,9 @@ def test_quantized_run_loads_int8_and_shrinks_its_linear_weights(
     assert summary["shrink"] == summary["model_bytes_before"] / weights
     assert summary["shrink"] > 3.0  # the whole file, not only the linear layers
     assert summary["run_bytes_after"] >= weights + (tmp_path / "q8" / "config.json").stat().st_size
-    assert not (tmp_path / "q8" / ckpt.MODEL_FILE).exists()
-    _, loaded, tokenizer = ckpt.load_run(tmp_path / "q8")
-    _, original, _ = ckpt.load_run(run)
+    assert not (tmp_path / "q8" / layout.MODEL_FILE).exists()
+    _, loaded, tokenizer = load_run(tmp_path / "q8")
+    _, original, _ = load_run(run)
     ids = torch.tensor([tokenizer.encode(TEXT[:200])[:32]])
     with torch.no_grad():
         reference = original(ids)
@@ -76,8 +73,8 @@ def test_magnitude_pruned_run_with_recovery_keeps_its_zeros(
     assert summary["zero_fraction_by_layer"]["total"] == pytest.approx(0.5, abs=1e-3)
     first, last = summary["finetune_loss"]
     assert last < first
-    _, model, _ = ckpt.load_run(tmp_path / "p50")
-    _, original, _ = ckpt.load_run(run)
+    _, model, _ = load_run(tmp_path / "p50")
+    _, original, _ = load_run(run)
     assert count_parameters(model) < count_parameters(original)
     record = json.loads((tmp_path / "p50" / PRUNING_FILE).read_text())
     assert record["method"] == "magnitude"
@@ -89,10 +86,10 @@ def test_head_pruned_run_is_smaller_on_disk_and_reloads(
     run, _ = float_run
     summary = prune_run(run, tmp_path / "h25", 0.25, structured="heads")
     assert summary["params_after"] < summary["params_before"]
-    cfg, _, _ = ckpt.load_run(tmp_path / "h25")
+    cfg, _, _ = load_run(tmp_path / "h25")
     assert (cfg.model.n_head, cfg.model.head_dim) == (3, 16)
-    size = (tmp_path / "h25" / ckpt.MODEL_FILE).stat().st_size
-    assert size < (run / ckpt.MODEL_FILE).stat().st_size
+    size = (tmp_path / "h25" / layout.MODEL_FILE).stat().st_size
+    assert size < (run / layout.MODEL_FILE).stat().st_size
 
 
 def test_report_compares_runs_and_draws_them(float_run: tuple[Path, Path], tmp_path: Path) -> None:

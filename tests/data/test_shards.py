@@ -13,7 +13,7 @@ from lmforge.data.batches import clm_batch, step_generator
 from lmforge.data.corpus import Document, stream_corpus
 from lmforge.data.shards import TokenShards, token_dtype, write_shards
 from lmforge.errors import DataError
-from lmforge.jobs import PrepareOptions, prepare
+from lmforge.jobs.prepare import PrepareOptions, prepare
 from lmforge.tokenizer import EOT, Tokenizer
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 from .conftest import assert_user_error, run_cli
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
-from lmforge.cli import main
+from lmforge.cli.main import main
 from lmforge.config import ModelConfig, RunConfig, from_dict
 from lmforge.data.mlm import continuation_table
+from lmforge.jobs.session import batch_sources, open_data
 from lmforge.model import BERT
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
 from lmforge.tokenizer import Tokenizer
-from lmforge.training import batch_sources, open_data
 
 from .conftest import assert_user_error
 
@@ -274,7 +275,7 @@ def test_a_base_whose_tokenizer_lacks_bert_specials_is_refused(
     )
     base = tmp_path / "base"
     ckpt.write_run_files(base, RunConfig(model=model_cfg), tokenizer)
-    ckpt.save_weights(BERT(model_cfg), base / ckpt.MODEL_FILE)
+    ckpt.save_weights(BERT(model_cfg), base / layout.MODEL_FILE)
     train, dev = task_files
     code = _finetune(base, train, dev, tmp_path / "x")
     assert_user_error(code, capsys, "lacks [CLS], [SEP] or [PAD]", "--tokenizer wordpiece")

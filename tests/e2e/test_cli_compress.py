@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import checkpoint as ckpt
-from lmforge.cli import main
+from lmforge.cli.main import main
+from lmforge.rundir.load import read_run_config
 
 from .conftest import assert_user_error
 
@@ -65,7 +65,7 @@ def test_quantize_prune_and_report(
     assert "50.0% of block weights zero" in capsys.readouterr().out
     args = ["compress", "prune", str(trained_run), "--sparsity", "0.5", "--structured", "heads"]
     assert main([*args, "--out", str(h50)]) == 0
-    assert ckpt.read_run_config(h50).model.n_head == 1
+    assert read_run_config(h50).model.n_head == 1
     assert main(["generate", str(q8), "--prompt", "Paragraph", "--max-new-tokens", "5"]) == 0
     capsys.readouterr()
     plot = tmp_path / "report.png"
@@ -100,14 +100,14 @@ def test_distill_a_student_from_the_teacher(
 ) -> None:
     student = tmp_path / "student.yaml"
     student.write_text("model:\n  n_layer: 1\n  n_head: 2\n  n_embd: 16\n  block_size: 32\n")
-    data = ckpt.read_run_config(trained_run).data.dir
+    data = read_run_config(trained_run).data.dir
     args = ["compress", "distill", "--teacher", str(trained_run), "--student-config", str(student)]
     args += ["--data", data, "--out", str(tmp_path / "small"), "--temperature", "2"]
     sets = ["train.max_steps=6", "train.eval_interval=3", "train.eval_batches=1"]
     sets += ["train.batch_size=4", "train.progress=false", "train.warmup_steps=1"]
     assert main([*args, *[x for s in sets for x in ("--set", s)]]) == 0
     assert "val loss" in capsys.readouterr().out
-    cfg = ckpt.read_run_config(tmp_path / "small")
+    cfg = read_run_config(tmp_path / "small")
     assert (cfg.model.n_layer, cfg.model.n_embd) == (1, 16)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
-from lmforge.cli import main
+from lmforge.cli.main import main
+from lmforge.rundir.load import load_run, read_run_config
 
 from .conftest import assert_user_error
 
@@ -76,8 +76,8 @@ def test_merged_adapters_give_the_adapter_runs_logits(
     merged = tmp_path / "merged"
     assert main(["lora", "merge", str(lora_run), "--out", str(merged)]) == 0
     assert (merged / "model.safetensors").is_file()
-    _, adapted, tokenizer = ckpt.load_run(lora_run)
-    _, plain, _ = ckpt.load_run(merged)
+    _, adapted, tokenizer = load_run(lora_run)
+    _, plain, _ = load_run(merged)
     ids = torch.tensor([tokenizer.encode("Paragraph 12: the cat sat")])
     with torch.no_grad():
         assert float((adapted(ids) - plain(ids)).abs().max()) <= 1e-5
@@ -108,13 +108,13 @@ def test_evaluate_sft_scores_generation(
 def test_full_continued_pretraining_keeps_frozen_blocks_and_embeddings(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data = ckpt.read_run_config(trained_run).data.dir
+    data = read_run_config(trained_run).data.dir
     out = tmp_path / "lm"
     args = ["finetune", "lm", "--base", str(trained_run), "--data", data, "--out", str(out)]
     frozen = ["--freeze-layers", "1", "--freeze-embeddings"]
     assert main([*args, *frozen, *_sets("train.max_steps=6")]) == 0
-    _, base, _ = ckpt.load_run(trained_run)
-    _, tuned, _ = ckpt.load_run(out)
+    _, base, _ = load_run(trained_run)
+    _, tuned, _ = load_run(out)
     kept = dict(base.blocks[0].named_parameters())
     for name, p in tuned.blocks[0].named_parameters():
         torch.testing.assert_close(p, kept[name], atol=0, rtol=0)

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from lmforge import checkpoint as ckpt
-from lmforge import jobs
-from lmforge.cli import main, unescape
+from lmforge.jobs import generate as generate_job
+from lmforge.cli.generate import unescape
+from lmforge.cli.main import main
 from lmforge.config import SamplingConfig
+from lmforge.rundir.load import load_run
 
 from .conftest import assert_user_error, run_cli
 
@@ -49,7 +50,7 @@ def test_sampling_flags_reach_the_sampling_config(
         seen.append((sampling, stop))
         return iter(["ok"])
 
-    monkeypatch.setattr(jobs, "generate", fake_generate)
+    monkeypatch.setattr(generate_job, "generate", fake_generate)
     flags = ["--beams", "4", "--length-penalty", "0.6", "--repetition-penalty", "1.2"]
     flags += ["--no-repeat-ngram-size", "3", "--min-new-tokens", "5", "--max-new-tokens", "9"]
     assert main(["generate", str(trained_run), *flags, "--stop", "\\n\\n", "--stop", "a\\tb"]) == 0
@@ -175,7 +176,7 @@ def test_export_hf_loads_in_transformers_with_equal_logits(
     assert main(["export", "hf", str(trained_run), "--out", str(out)]) == 0
     assert f"-> {out}" in capsys.readouterr().out
     theirs = AutoModelForCausalLM.from_pretrained(out).eval()
-    _, ours, tokenizer = ckpt.load_run(trained_run)
+    _, ours, tokenizer = load_run(trained_run)
     text = "Paragraph 12: the cat sat on the mat"
     ids = tokenizer.encode(text)
     assert AutoTokenizer.from_pretrained(out)(text)["input_ids"] == ids

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForPreTraining, BertModel, BertTokenizerFast
 
-from lmforge import checkpoint as ckpt
 from lmforge.interop.hf import export_hf, import_hf
+from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
 from .twins import TORTURE, random_ids, right_padding, scaled_init
@@ -53,7 +53,7 @@ def _inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def test_imported_bert_mlm_and_nsp_logits_match_with_padding(tmp_path: Path) -> None:
     hf = _save_hf_bert(tmp_path / "hf", tmp_path / "vocab")
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
-    _, ours, _ = ckpt.load_run(tmp_path / "run")
+    _, ours, _ = load_run(tmp_path / "run")
     ids, types, mask = _inputs(hf.config.vocab_size)
     with torch.no_grad():
         theirs = hf(ids, attention_mask=mask, token_type_ids=types)
@@ -70,7 +70,7 @@ def test_importing_a_bare_bert_model_keeps_random_heads_with_a_warning(
     hf = _save_hf_bert(tmp_path / "hf", tmp_path / "vocab", model_class=BertModel)
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
     assert "random initialisation" in caplog.text
-    _, ours, _ = ckpt.load_run(tmp_path / "run")
+    _, ours, _ = load_run(tmp_path / "run")
     ids, types, mask = _inputs(hf.config.vocab_size)
     with torch.no_grad():
         theirs = hf(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
@@ -81,7 +81,7 @@ def test_importing_a_bare_bert_model_keeps_random_heads_with_a_warning(
 def test_exported_bert_loads_in_transformers_with_equal_logits(tmp_path: Path) -> None:
     _save_hf_bert(tmp_path / "hf", tmp_path / "vocab")
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
-    _, ours, _ = ckpt.load_run(tmp_path / "run")
+    _, ours, _ = load_run(tmp_path / "run")
     export_hf(tmp_path / "run", tmp_path / "exported")
     theirs = BertForPreTraining.from_pretrained(tmp_path / "exported").eval()
     ids, types, mask = _inputs(ours.cfg.vocab_size)

@@ -8,10 +8,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import ModelConfig, RunConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import export_hf, import_hf
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.load import build_model, load_run
 from lmforge.tokenizer import Tokenizer
 
 
@@ -65,7 +67,7 @@ def test_a_clean_bin_loads(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
     (tmp_path / "hf" / "model.safetensors").unlink()
     torch.save(tensors, tmp_path / "hf" / "pytorch_model.bin")
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
-    _, model, _ = ckpt.load_run(tmp_path / "run")
+    _, model, _ = load_run(tmp_path / "run")
     assert torch.equal(model.tok_emb.weight, tensors["transformer.wte.weight"])
 
 
@@ -114,6 +116,6 @@ def test_grouped_query_attention_cannot_be_exported(
     )
     run = tmp_path / "run"
     ckpt.write_run_files(run, cfg, bpe_tokenizer)
-    ckpt.save_weights(ckpt.build_model(cfg), run / ckpt.MODEL_FILE)
+    ckpt.save_weights(build_model(cfg), run / layout.MODEL_FILE)
     with pytest.raises(CheckpointError, match="n_kv_head == n_head"):
         export_hf(run, tmp_path / "hf")

@@ -12,11 +12,11 @@ from transformers import (
     GPT2TokenizerFast,
 )
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import SamplingConfig
-from lmforge.generate import generate_tokens
+from lmforge.generation.loop import generate_tokens
 from lmforge.interop.hf import export_hf, import_hf
 from lmforge.model import GPT
+from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
 from .twins import TORTURE, random_ids, right_padding, scaled_init, tiny_run
@@ -41,7 +41,7 @@ def _save_hf_gpt2(
 def imported(tmp_path: Path, bpe_tokenizer: Tokenizer) -> tuple[GPT2LMHeadModel, GPT]:
     hf = _save_hf_gpt2(tmp_path / "hf", bpe_tokenizer, tmp_path)
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
-    _, ours, _ = ckpt.load_run(tmp_path / "run")
+    _, ours, _ = load_run(tmp_path / "run")
     return hf, ours
 
 
@@ -132,7 +132,7 @@ def test_exported_model_loads_in_transformers_with_equal_logits(
     export_hf(run, tmp_path / "hf")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(theirs).__name__ == architecture
-    _, ours, _ = ckpt.load_run(run)
+    _, ours, _ = load_run(run)
     ids, mask = random_ids(bpe_tokenizer.vocab_size, (2, 40), seed=4), right_padding([40, 17], 40)
     with torch.no_grad():
         expected = ours(ids, attention_mask=mask)
@@ -146,8 +146,8 @@ def test_export_then_import_round_trips_weights(tmp_path: Path, bpe_tokenizer: T
     run = _our_run(tmp_path, bpe_tokenizer, pos_emb="rope", bias=True)
     export_hf(run, tmp_path / "hf")
     import_hf(str(tmp_path / "hf"), tmp_path / "back")
-    _, before, _ = ckpt.load_run(run)
-    _, after, _ = ckpt.load_run(tmp_path / "back")
+    _, before, _ = load_run(run)
+    _, after, _ = load_run(tmp_path / "back")
     for (name, a), (_, b) in zip(
         before.state_dict().items(), after.state_dict().items(), strict=True
     ):

@@ -9,12 +9,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, BertForPreTraining
 
-from lmforge import checkpoint as ckpt
-from lmforge.adapters import save_adapter
 from lmforge.errors import CheckpointError
 from lmforge.interop import hf
-from lmforge.jobs import export_hf
+from lmforge.jobs.interop import export_hf
 from lmforge.model.lora import add_lora
+from lmforge.rundir import layout
+from lmforge.rundir.adapters import save_adapter
+from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
 from .twins import random_ids, right_padding, tiny_run
@@ -30,7 +31,7 @@ def _adapter_run(
     tmp_path: Path, base: Path, targets: list[str], heads: tuple[str, ...] = ()
 ) -> Path:
     """LoRA (r 4, alpha 8) on the targets with random B, saved as an adapter run of base."""
-    _, model, _ = ckpt.load_run(base)
+    _, model, _ = load_run(base)
     layers = add_lora(model, targets, r=4, alpha=8.0, train_modules=heads)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -39,7 +40,7 @@ def _adapter_run(
             lora_b.copy_(0.2 * torch.randn(lora_b.shape, generator=g))
     run = tmp_path / "adapter-run"
     run.mkdir()
-    for name in (ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE):
+    for name in (layout.CONFIG_FILE, layout.TOKENIZER_FILE):
         shutil.copy(base / name, run / name)
     settings = {"r": 4, "alpha": 8.0, "dropout": 0.0, "layers": layers, "heads": list(heads)}
     save_adapter(run, model, base, settings)
@@ -74,7 +75,7 @@ def test_exported_gpt_adapter_in_peft_gives_our_logits(
     vocab = bpe_tokenizer.vocab_size
     without = _gpt_logits(hf_base, vocab, theirs=True)
     theirs = PeftModel.from_pretrained(hf_base, tmp_path / "hf" / "adapter").eval()
-    expected = _gpt_logits(ckpt.load_run(run)[1], vocab, theirs=False)
+    expected = _gpt_logits(load_run(run)[1], vocab, theirs=False)
     got = _gpt_logits(theirs, vocab, theirs=True)
     assert (expected - without).abs().max() > 0.1  # the adapter is not a no-op
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
@@ -95,7 +96,7 @@ def test_exported_bert_adapter_splits_qkv_into_three_peft_loras(
     assert len(settings["target_modules"]) == 2 * 4
     hf_base = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
     theirs = PeftModel.from_pretrained(hf_base, tmp_path / "hf" / "adapter").eval()
-    _, ours, _ = ckpt.load_run(run)
+    _, ours, _ = load_run(run)
     ids, mask = (
         random_ids(bpe_tokenizer.vocab_size, (3, 24), seed=7),
         right_padding([24, 15, 6], 24),

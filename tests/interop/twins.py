@@ -4,8 +4,10 @@ from pathlib import Path
 
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import ModelConfig, RunConfig
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.load import build_model
 from lmforge.tokenizer import Tokenizer
 
 TORTURE = (
@@ -48,8 +50,8 @@ def tiny_run(directory: Path, tokenizer: Tokenizer, **model: object) -> Path:
         )
     )
     torch.manual_seed(0)
-    net = ckpt.build_model(cfg)
+    net = build_model(cfg)
     scaled_init(net)
     ckpt.write_run_files(directory, cfg, tokenizer)
-    ckpt.save_weights(net, directory / ckpt.MODEL_FILE)
+    ckpt.save_weights(net, directory / layout.MODEL_FILE)
     return directory

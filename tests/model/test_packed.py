@@ -5,8 +5,8 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.model import BERT, GPT
-from lmforge.model import packed as packed_module
-from lmforge.model.packed import packed_linears, packing_available
+from lmforge.model import onednn as packed_module
+from lmforge.model.onednn import packed_linears, packing_available
 
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
 

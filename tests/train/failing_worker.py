@@ -7,7 +7,7 @@ with its message, instead of leaving the other ranks waiting in a collective.
 import os
 import sys
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 from lmforge.errors import DataError
 from lmforge.train.trainer import Trainer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from lmforge.jobs import PrepareOptions, prepare
+from lmforge.jobs.prepare import PrepareOptions, prepare
 
 SETS = [
     "model.n_layer=2",

@@ -3,7 +3,7 @@
 import pytest
 
 from lmforge.config import FinetuneConfig, RunConfig, TrainConfig
-from lmforge.finetune import epoch_schedule
+from lmforge.jobs.finetune import epoch_schedule
 
 
 def _cfg(warmup_fraction: float) -> RunConfig:

@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from lmforge.config import FinetuneConfig, ModelConfig
 from lmforge.data.batches import Batch
 from lmforge.errors import ConfigError
-from lmforge.finetune_lm import sft_loss
 from lmforge.model import GPT
 from lmforge.model.heads import MultiTaskClassifier
-from lmforge.multitask import multitask_loss
+from lmforge.train.objectives import multitask_loss, sft_loss
 
 
 def test_sft_loss_smooths_only_the_completion_targets() -> None:

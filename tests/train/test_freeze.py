@@ -12,15 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import ModelConfig, RunConfig, to_dict
 from lmforge.data.batches import Batch
-from lmforge.finetune_lm import base_initialiser, lm_config
+from lmforge.jobs.finetune import base_model, resolve
+from lmforge.jobs.session import TrainingPlan, prepare_model
 from lmforge.model import GPT
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
 from lmforge.train.distributed import DistContext
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
-from lmforge.training import TrainingPlan, prepare_model
 
 VOCAB = 31
 UNTIED_ROPE = {"tie_weights": False, "pos_emb": "rope"}
@@ -33,19 +34,19 @@ def _base_run(root: Path, **model: object) -> Path:
     )
     run = root / "base"
     run.mkdir()
-    (run / ckpt.CONFIG_FILE).write_text(json.dumps(to_dict(cfg)), encoding="utf-8")
+    (run / layout.CONFIG_FILE).write_text(json.dumps(to_dict(cfg)), encoding="utf-8")
     torch.manual_seed(0)
-    ckpt.save_weights(GPT(cfg.model), run / ckpt.MODEL_FILE)
+    ckpt.save_weights(GPT(cfg.model), run / layout.MODEL_FILE)
     return run
 
 
 def _fine_tuned(base: Path, frozen: bool) -> tuple[nn.Module, dict[str, torch.Tensor], set[int]]:
     """(model after 3 AdamW steps, its weights before them, ids of the optimizer's tensors)
-    through the wiring of `finetune lm --freeze-embeddings`: lm_config, base_initialiser and
-    training.prepare_model."""
+    through the wiring of `finetune lm --freeze-embeddings`: resolve, base_model and
+    session.prepare_model."""
     sets = ["train.device=cpu", "train.lr=1e-2", "train.progress=false"]
-    cfg = lm_config(base, None, sets, {"freeze_embeddings": frozen})
-    plan = TrainingPlan(init=base_initialiser(cfg))
+    cfg = resolve("lm", base, None, sets, {"freeze_embeddings": frozen})
+    plan = TrainingPlan(build=base_model(cfg))
     model, _ = prepare_model(cfg, plan, torch.device("cpu"), DistContext(), None)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(model, cfg.train)

@@ -9,8 +9,8 @@ import torch
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data.batches import Batch
 from lmforge.errors import ConfigError
+from lmforge.jobs.session import same_global_batch
 from lmforge.train.distributed import DistContext, rank_rows
-from lmforge.training import same_global_batch
 
 
 def _batch(rows: int) -> Batch:

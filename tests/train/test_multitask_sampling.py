@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lmforge.data.classify import EncodedExamples
-from lmforge.multitask import Task, task_probabilities, task_sampler
+from lmforge.data.classify import EncodedExamples, Task, task_probabilities
+from lmforge.data.sources import task_sampler
 
 SIZES = {"small": 100, "medium": 400, "large": 1600}
 # n^(1/T) by hand: T = 0.5 squares the sizes (1 : 16 : 256), T = 2 takes roots (10 : 20 : 40).

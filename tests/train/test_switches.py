@@ -1,7 +1,7 @@
 """Training switches: activation checkpointing, torch.compile per block, fp16 with a loss scaler.
 
 Besides "the results are unchanged", each switch is shown to act on the model that
-training.prepare_model (the wiring behind `lmforge pretrain`) hands to the trainer.
+session.prepare_model (the wiring behind `lmforge pretrain`) hands to the trainer.
 """
 
 import dataclasses
@@ -16,13 +16,13 @@ from torch._dynamo.utils import counters
 from lmforge.config import DistConfig, ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from lmforge.data.batches import clm_batch, step_generator
 from lmforge.errors import ConfigError
-from lmforge.jobs import pretrain
+from lmforge.jobs.pretrain import pretrain
+from lmforge.jobs.session import TrainingPlan, prepare_model
 from lmforge.model import BERT, GPT
 from lmforge.train.distributed import DistContext
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.trainer import Trainer
-from lmforge.training import TrainingPlan, prepare_model
 
 PATTERN = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46]
 
@@ -182,7 +182,7 @@ def _switched_cfg(arch: str, compile: bool = False, checkpointing: bool = False)
 
 
 def _prepared(cfg: RunConfig) -> torch.nn.Module:
-    """The model `lmforge pretrain` trains: training.prepare_model in one CPU process."""
+    """The model `lmforge pretrain` trains: session.prepare_model in one CPU process."""
     model, trained = prepare_model(cfg, TrainingPlan(), torch.device("cpu"), DistContext(), None)
     assert trained is model  # no DDP wrapper in a single process
     return model

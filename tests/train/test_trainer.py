@@ -10,11 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import ModelConfig, RunConfig, TrainConfig
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.errors import CheckpointError, TrainingDiverged
 from lmforge.model import GPT
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objectives import IGNORE_INDEX, clm_loss
 from lmforge.train.optim import build_optimizer
@@ -288,7 +290,7 @@ def test_resume_is_bit_identical(
     torch.manual_seed(12345)  # whatever happened to the RNG in between must not matter
     torch.rand(100)
     resumed, trainer = _resume_setup(model_cfg, train_cfg, seed=777)
-    ckpt.load_weights(resumed, latest / ckpt.MODEL_FILE)
+    ckpt.load_weights(resumed, latest / layout.MODEL_FILE)
     trainer.load_state_dict(ckpt.load_trainer_state(latest))
     assert trainer.state.step == 8
     state = trainer.fit()
@@ -334,13 +336,13 @@ def test_checkpoints_never_hold_wrapper_prefixes(
     assert not any("_orig_mod." in k or k.startswith("module.") for k in clean)
 
     final = ckpt.save_checkpoint(tmp_path, wrapped, _trainer_state(model, 3), True, keep_last=2)
-    for path in (final / ckpt.MODEL_FILE, tmp_path / ckpt.MODEL_FILE):
+    for path in (final / layout.MODEL_FILE, tmp_path / layout.MODEL_FILE):
         keys = load_file(str(path)).keys()
         assert not any("_orig_mod." in k or k.startswith("module.") for k in keys)
         assert "lm_head.weight" not in keys  # the tied head is stored once, as tok_emb
     torch.manual_seed(1)
     fresh = GPT(tiny_model_cfg)
-    ckpt.load_weights(fresh, final / ckpt.MODEL_FILE)
+    ckpt.load_weights(fresh, final / layout.MODEL_FILE)
     assert _same_weights(_weights(fresh), _weights(model))
     assert fresh.lm_head.weight is fresh.tok_emb.weight
 
@@ -354,20 +356,23 @@ def test_keep_last_prunes_old_checkpoints(tmp_path: Path, tiny_model_cfg: ModelC
             model.tok_emb.weight.add_(1.0)
         snapshots[step] = _weights(model)
         ckpt.save_checkpoint(tmp_path, model, _trainer_state(model, step), step == 2, keep_last=2)
-    (tmp_path / ckpt.CHECKPOINTS_DIR / "step_0000009.tmp").mkdir()  # cut short: ignored
+    (tmp_path / layout.CHECKPOINTS_DIR / "step_0000009.tmp").mkdir()  # cut short: ignored
     names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
     assert names == ["step_0000004", "step_0000005"]
-    on_disk = sorted(p.name for p in (tmp_path / ckpt.CHECKPOINTS_DIR).iterdir())
+    on_disk = sorted(p.name for p in (tmp_path / layout.CHECKPOINTS_DIR).iterdir())
     assert on_disk == ["step_0000004", "step_0000005", "step_0000009.tmp"]
     # the top level mirrors the newest; best/ keeps its weights after its step dir is pruned
-    for path, step in ((tmp_path / ckpt.MODEL_FILE, 5), (tmp_path / "best" / ckpt.MODEL_FILE, 2)):
+    for path, step in (
+        (tmp_path / layout.MODEL_FILE, 5),
+        (tmp_path / "best" / layout.MODEL_FILE, 2),
+    ):
         fresh = GPT(tiny_model_cfg)
         ckpt.load_weights(fresh, path)
         assert _same_weights(_weights(fresh), snapshots[step])
-    state = json.loads((tmp_path / ckpt.STATE_DIR / "state.json").read_text())
+    state = json.loads((tmp_path / layout.STATE_DIR / "state.json").read_text())
     assert state["step"] == 5
     assert (
-        ckpt.load_trainer_state(tmp_path / ckpt.CHECKPOINTS_DIR / "step_0000004")["state"]["step"]
+        ckpt.load_trainer_state(tmp_path / layout.CHECKPOINTS_DIR / "step_0000004")["state"]["step"]
         == 4
     )
 
@@ -377,7 +382,7 @@ def test_truncated_weights_raise_checkpoint_error(
 ) -> None:
     torch.manual_seed(0)
     model = GPT(tiny_model_cfg)
-    path = tmp_path / ckpt.MODEL_FILE
+    path = tmp_path / layout.MODEL_FILE
     ckpt.save_weights(model, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -391,7 +396,7 @@ def test_truncated_trainer_state_raises_checkpoint_error(
     torch.manual_seed(0)
     model = GPT(tiny_model_cfg)
     final = ckpt.save_checkpoint(tmp_path, model, _trainer_state(model, 1), False, keep_last=1)
-    state_file = final / ckpt.STATE_DIR / ckpt.STATE_FILE
+    state_file = final / layout.STATE_DIR / layout.STATE_FILE
     state_file.write_bytes(state_file.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ckpt.load_trainer_state(final)
@@ -401,7 +406,7 @@ def test_weights_of_another_shape_raise_checkpoint_error(
     tmp_path: Path, tiny_model_cfg: ModelConfig
 ) -> None:
     torch.manual_seed(0)
-    path = tmp_path / ckpt.MODEL_FILE
+    path = tmp_path / layout.MODEL_FILE
     ckpt.save_weights(GPT(tiny_model_cfg), path)
     wider = dataclasses.replace(tiny_model_cfg, n_embd=64)
     with pytest.raises(CheckpointError, match="shape"):
@@ -419,14 +424,14 @@ def test_vocab_mismatch_between_tokenizer_and_config_raises(
     ckpt.write_run_files(tmp_path, cfg, tokenizer)
     ckpt.save_checkpoint(tmp_path, model, _trainer_state(model, 1), False, keep_last=1)
     with pytest.raises(CheckpointError, match="tokenizer has 12 tokens"):
-        ckpt.load_run(tmp_path)
+        load_run(tmp_path)
     # the same run with a matching tokenizer loads
     matching = dataclasses.replace(tiny_model_cfg, vocab_size=tokenizer.vocab_size)
     torch.manual_seed(0)
     model = GPT(matching)
     ckpt.write_run_files(tmp_path, RunConfig(model=matching), tokenizer)
     ckpt.save_checkpoint(tmp_path, model, _trainer_state(model, 2), False, keep_last=1)
-    _, loaded, _ = ckpt.load_run(tmp_path)
+    _, loaded, _ = load_run(tmp_path)
     assert _same_weights(_weights(loaded), _weights(model))
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import (
     ModelConfig,
     RunConfig,
@@ -20,18 +19,21 @@ from lmforge.config import (
     higher_is_better,
     load_config,
 )
+from lmforge.config.load import finetune_config
 from lmforge.data.batches import Batch, clm_batch, step_generator
+from lmforge.data.classify import balanced_class_weights
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.sentences import SentenceCorpus
 from lmforge.errors import ConfigError
-from lmforge.finetune import balanced_class_weights, load_finetune_config
 from lmforge.model import BERT, GPT
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
 from lmforge.tokenizer import Tokenizer
+from lmforge.train.evaluators import encoder_metrics
 from lmforge.train.objectives import clm_loss, mlm_nsp_loss
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.tracker import Tracker
 from lmforge.train.trainer import Trainer
-from lmforge.training import encoder_metrics
 
 # ---------------------------------------------------------------- config
 
@@ -66,7 +68,10 @@ def test_higher_is_better_for_scores_only() -> None:
 
 def test_finetune_config_takes_bert_paper_defaults_and_the_base_model() -> None:
     base = ModelConfig(arch="bert", n_layer=2, n_head=2, n_embd=32, vocab_size=50)
-    cfg = load_finetune_config(base, None, ["model.dropout=0.2"], {"text_column": "review"})
+    base_run = RunConfig(model=base)
+    cfg = finetune_config(
+        base_run, "b", "classify", None, ["model.dropout=0.2"], {"text_column": "review"}
+    )
     assert cfg.model == dataclasses.replace(base, dropout=0.2)
     train = cfg.train
     assert (train.objective, train.schedule, train.lr, train.min_lr) == (
@@ -79,11 +84,11 @@ def test_finetune_config_takes_bert_paper_defaults_and_the_base_model() -> None:
     assert (cfg.finetune.epochs, cfg.finetune.warmup_fraction) == (3.0, 0.1)
     assert cfg.finetune.text_column == "review"
     with pytest.raises(ConfigError, match=r"model\.n_embd comes from the base run"):
-        load_finetune_config(base, None, ["model.n_embd=64"], {})
+        finetune_config(base_run, "b", "classify", None, ["model.n_embd=64"], {})
     with pytest.raises(ConfigError, match=r"train\.warmup_steps is set by the fine-tune"):
-        load_finetune_config(base, None, ["train.warmup_steps=3"], {})
+        finetune_config(base_run, "b", "classify", None, ["train.warmup_steps=3"], {})
     with pytest.raises(ConfigError, match="none or balanced"):
-        load_finetune_config(base, None, [], {"class_weights": "inverse"})
+        finetune_config(base_run, "b", "classify", None, [], {"class_weights": "inverse"})
 
 
 def test_balanced_class_weights_equal_scikit_learn() -> None:
@@ -296,7 +301,7 @@ def test_bert_pretraining_resumes_bit_identically(
     trainer.fit(stop_at=8)
     latest = ckpt.list_checkpoints(tmp_path)[-1]
     resumed, trainer = _bert_trainer(None, 99, cfg)
-    ckpt.load_weights(resumed, latest / ckpt.MODEL_FILE)
+    ckpt.load_weights(resumed, latest / layout.MODEL_FILE)
     trainer.load_state_dict(ckpt.load_trainer_state(latest))
     state = trainer.fit()
     assert (state.step, state.best_step, state.best_score) == (

@@ -13,7 +13,6 @@ the norm of what it reads.
 """
 
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -21,7 +20,6 @@ from torch import nn
 from torch.nn.utils import prune
 
 from lmforge.config import ModelConfig
-from lmforge.data.batches import Batch
 from lmforge.errors import ConfigError
 from lmforge.model import BERT, GPT
 
@@ -64,32 +62,6 @@ def sparsity_by_layer(model: nn.Module) -> dict[str, float]:
         zeros, count = zeros + n_zero, count + weight.numel()
     report["total"] = zeros / max(count, 1)
     return report
-
-
-def recover(
-    model: nn.Module,
-    batches: Iterator[Batch],
-    steps: int,
-    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-    lr: float = 1e-4,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Fine-tune a masked model for `steps` AdamW steps (pruned weights stay zero: the mask
-    multiplies them in every forward pass); the losses, step by step."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for step in range(steps):
-        loss = loss_fn(model, next(batches))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, losses[-1])
-    model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------- structured

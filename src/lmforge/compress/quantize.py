@@ -29,9 +29,8 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from lmforge.errors import CheckpointError
+from lmforge.rundir.layout import QUANTIZATION_FILE, QUANTIZED_WEIGHTS
 
-QUANTIZED_WEIGHTS = "model.int8.safetensors"
-QUANTIZATION_FILE = "quantization.json"
 SCHEMES = ("int8-dynamic", "int8-weight-only")
 
 

@@ -17,8 +17,9 @@ word happens to end the text; in a pair the separator also marks where b starts.
 
 import csv
 import json
+import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.config import (
+    RunConfig,
+    read_config_file,
+)
 from lmforge.data.batches import IGNORE_INDEX, Batch, step_generator
 from lmforge.data.sentences import truncated_lengths
-from lmforge.errors import CheckpointError, DataError
-from lmforge.files import write_text_atomic
+from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
+from lmforge.rundir.files import write_text_atomic
 from lmforge.tokenizer import Tokenizer
 
-LABELS_FILE = "labels.json"
+log = logging.getLogger(__name__)
+
 EPOCH_SEED_KEY = 2  # shuffled epochs draw from step_generator(seed, 2, epoch)
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -340,3 +346,96 @@ class EpochBatches:
         epoch, k = divmod(step * self.grad_accum + micro, self.batches_per_epoch)
         rows = self.order(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         return pad_batch(self.encoded, rows.tolist())
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationData:
+    """The label map and both splits, encoded for the base model."""
+
+    labels: list[str]
+    train: EncodedExamples
+    valid: EncodedExamples
+
+
+def _read(cfg: RunConfig, file: str, split: str, with_labels: bool = True) -> list[Example]:
+    ft = cfg.finetune
+    return read_examples(
+        file,
+        ft.text_column,
+        ft.label_column if with_labels else None,
+        ft.text_pair_column or None,
+        split=split,
+    )
+
+
+def load_data(cfg: RunConfig, tokenizer: Tokenizer) -> ClassificationData:
+    """Read, label-map and encode the train and valid files; warn about truncated texts."""
+    if not cfg.finetune.train_file or not cfg.finetune.valid_file:
+        raise LMForgeError("fine-tuning needs --train FILE and --valid FILE")
+    train = _read(cfg, cfg.finetune.train_file, "train")
+    valid = _read(cfg, cfg.finetune.valid_file, "valid")
+    labels = build_label_map(train)
+    arch, length = cfg.model.arch, cfg.model.block_size
+    encoded = [
+        encode_examples(examples, tokenizer, arch, length, labels, split)
+        for examples, split in ((train, "train"), (valid, "valid"))
+    ]
+    for split, enc in zip(("train", "valid"), encoded, strict=True):
+        if note := enc.truncation_note():
+            log.warning("warning: %s split: %s (model.block_size)", split, note)
+    return ClassificationData(labels, *encoded)
+
+
+def balanced_class_weights(class_ids: Iterable[int], n_classes: int) -> list[float]:
+    """w_c = n / (K · n_c), scikit-learn's "balanced": every class weighs the same in total."""
+    counts = torch.bincount(torch.as_tensor(list(class_ids)), minlength=n_classes).double()
+    return (counts.sum() / (n_classes * counts.clamp(min=1))).tolist()
+
+
+TASK_COLUMNS = ("text_column", "text_pair_column", "label_column")
+
+
+TASK_KEYS = ("train_file", "valid_file", *TASK_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    name: str
+    labels: list[str]
+    train: EncodedExamples
+    valid: EncodedExamples
+
+
+def read_task_spec(name: str, path: Path) -> dict[str, str]:
+    """A task's files and columns from its YAML/JSON/TOML file (finetune.* names)."""
+    spec = read_config_file(path)
+    unknown = sorted(set(spec) - set(TASK_KEYS))
+    if unknown:
+        raise ConfigError(f"task {name} ({path}): unknown key {unknown[0]!r}; use {TASK_KEYS}")
+    if "train_file" not in spec or "valid_file" not in spec:
+        raise ConfigError(f"task {name} ({path}) needs train_file and valid_file")
+    base = path.parent  # relative paths are relative to the task file
+    for key in ("train_file", "valid_file"):
+        spec[key] = str(base / spec[key]) if not Path(spec[key]).is_absolute() else spec[key]
+    return {"text_column": "sentence", "label_column": "label", "text_pair_column": "", **spec}
+
+
+def load_task(name: str, spec: dict[str, str], cfg: RunConfig, tokenizer: Tokenizer) -> Task:
+    pair = spec["text_pair_column"] or None
+    examples = {
+        split: read_examples(
+            spec[f"{split}_file"], spec["text_column"], spec["label_column"], pair, split
+        )
+        for split in ("train", "valid")
+    }
+    labels = build_label_map(examples["train"])
+    encode = lambda split: encode_examples(  # noqa: E731
+        examples[split], tokenizer, cfg.model.arch, cfg.model.block_size, labels, split
+    )
+    return Task(name, labels, encode("train"), encode("valid"))
+
+
+def task_probabilities(sizes: list[int], temperature: float) -> torch.Tensor:
+    """p_i ∝ n_i^(1/T)."""
+    weights = torch.tensor(sizes, dtype=torch.float64) ** (1.0 / temperature)
+    return weights / weights.sum()

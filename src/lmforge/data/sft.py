@@ -16,7 +16,7 @@ import torch
 
 from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import DataError
-from lmforge.files import read_utf8
+from lmforge.rundir.files import read_utf8
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import torch
 from lmforge.data.corpus import Document
 from lmforge.data.sentences import SentenceCorpus, SentenceIndexWriter, split_sentences
 from lmforge.errors import DataError
-from lmforge.files import write_text_atomic
+from lmforge.rundir.files import write_text_atomic
 from lmforge.tokenizer import EOT, Tokenizer
 
 META_FILE = "meta.json"

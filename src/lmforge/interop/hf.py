@@ -16,11 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge import checkpoint as ckpt
-from lmforge.adapters import is_adapter_run
 from lmforge.config import ModelConfig, RunConfig
 from lmforge.errors import CheckpointError
-from lmforge.files import staged_directory, write_text_atomic
 from lmforge.interop.hf_layout import (
     Rule,
     config_from_hf,
@@ -35,6 +32,11 @@ from lmforge.interop.hf_layout import (
     tensor_to_theirs,
 )
 from lmforge.interop.hf_tokenizer import import_tokenizer, special_token_ids, tokenizer_configs
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.adapters import is_adapter_run
+from lmforge.rundir.files import staged_directory, write_text_atomic
+from lmforge.rundir.load import build_model, check_vocab, load_run
 
 log = logging.getLogger(__name__)
 HUB_FILES = [
@@ -202,7 +204,7 @@ def model_from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     """
     model_type = model_type_of(hf_config)
     cfg = config_from_hf(hf_config)
-    model = ckpt.build_model(RunConfig(model=cfg))
+    model = build_model(RunConfig(model=cfg))
     theirs = normalise_names(tensors, model_type)
     ours = _convert_to_ours(theirs, rules_for(model_type, cfg), model.state_dict(), cfg, model_type)
     model.load_state_dict(ours, strict=False)
@@ -216,11 +218,11 @@ def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]
     model_type = model_type_of(hf_config)
     cfg = RunConfig(model=config_from_hf(hf_config))
     tokenizer = import_tokenizer(src, model_type)
-    ckpt.check_vocab(tokenizer, cfg, str(src))
+    check_vocab(tokenizer, cfg, str(src))
     model = model_from_hf(hf_config, read_hf_weights(src))
     with staged_directory(out, overwrite) as tmp:
         ckpt.write_run_files(tmp, cfg, tokenizer)
-        ckpt.save_weights(model, tmp / ckpt.MODEL_FILE)
+        ckpt.save_weights(model, tmp / layout.MODEL_FILE)
     log.info("imported %s (%s) into %s", source, model_type, out)
     return {"out": str(out), "architecture": model_type, "params": model.num_params()}
 
@@ -232,9 +234,7 @@ def _twin_shapes(cfg: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Size]]:
     """The config of the Hugging Face twin (biases and segment embeddings always present)."""
     twin = replace(cfg, bias=True, type_vocab_size=max(cfg.type_vocab_size, 1))
     with torch.device("meta"):
-        shapes = {
-            k: v.shape for k, v in ckpt.build_model(RunConfig(model=twin)).state_dict().items()
-        }
+        shapes = {k: v.shape for k, v in build_model(RunConfig(model=twin)).state_dict().items()}
     return twin, shapes
 
 
@@ -254,7 +254,7 @@ def _convert_to_theirs(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
 
 def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
     """Write a (non-adapter) run's model, config and tokenizer files into an existing directory."""
-    cfg, model, tokenizer = ckpt.load_run(run_dir)
+    cfg, model, tokenizer = load_run(run_dir)
     model_type = export_model_type(cfg.model)
     theirs = _convert_to_theirs(ckpt.clean_state_dict(model), cfg.model)
     ids = special_token_ids(tokenizer)

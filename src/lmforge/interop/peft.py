@@ -25,11 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from lmforge import checkpoint as ckpt
-from lmforge.adapters import read_adapter_config
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
-from lmforge.files import staged_directory, write_text_atomic
 from lmforge.interop.hf import write_hf_model
 from lmforge.interop.hf_layout import (
     Rule,
@@ -39,6 +36,9 @@ from lmforge.interop.hf_layout import (
     tensor_to_theirs,
 )
 from lmforge.model.lora import LoRALinear, lora_layers
+from lmforge.rundir.adapters import read_adapter_config
+from lmforge.rundir.files import staged_directory, write_text_atomic
+from lmforge.rundir.load import load_run
 
 ADAPTER_DIR = "adapter"
 PEFT_CONFIG = "adapter_config.json"
@@ -139,7 +139,7 @@ def export_peft_adapter(run_dir: Path, out: Path, overwrite: bool = False) -> di
             "adapter format for these models cannot hold; merge it (`lmforge lora merge`) and "
             "use the merged run with lmforge"
         )
-    cfg, model, _ = ckpt.load_run(run_dir)  # checks the base's weights against the adapter
+    cfg, model, _ = load_run(run_dir)  # checks the base's weights against the adapter
     model_type = export_model_type(cfg.model)
     tensors, modules = peft_tensors(lora_layers(model), cfg.model)
     settings = peft_config(record, model_type, target_modules(modules, model_type, cfg.model))

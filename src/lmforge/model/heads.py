@@ -114,6 +114,14 @@ class MultiTaskClassifier(nn.Module):
         summary = sequence_summary(self.body, idx, token_types, attention_mask)
         return self.heads[task](self.drop(summary))
 
+    def num_params(self) -> int:
+        """Parameter count of the body and every head."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token of the body (each head is negligible)."""
+        return self.body.flops_per_token()
+
 
 class TaskHead(nn.Module):
     """One task of a MultiTaskClassifier as a plain classifier: (idx, types, mask) -> logits."""

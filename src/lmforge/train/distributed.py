@@ -37,6 +37,17 @@ class DistContext:
         return self.world_size > 1
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this job (1 outside torchrun); readable before
+    the process group exists, e.g. to size a fine-tune's epochs by the global batch."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def launched_rank() -> int:
+    """This process's rank in a torchrun launch (0 outside torchrun), before the group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_type: str) -> DistContext:
     """Join torchrun's process group if this is one of its workers."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -5,13 +5,14 @@ its forward, so the vocabulary projection runs on the masked positions only (abo
 """
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.batches import IGNORE_INDEX, Batch
+from lmforge.errors import ConfigError
 
 
 def clm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -137,3 +138,78 @@ def mlm_nsp_metrics(model: nn.Module, batches: Iterable[Batch]) -> dict[str, flo
     n = sums["mlm_hidden_n"]
     metrics["mlm_hidden_accuracy"] = sums["mlm_hidden_correct"] / n if n else math.nan
     return metrics
+
+
+def multitask_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    logits = model(batch.inputs, batch.token_types, batch.attention_mask, batch.task).float()
+    return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
+
+
+def sft_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy on completion tokens only (targets -100 elsewhere), packed or padded."""
+    if batch.segments is not None:
+        logits = model(batch.inputs, segments=batch.segments)
+    else:
+        logits = model(batch.inputs, attention_mask=batch.attention_mask)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        batch.targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) at temperature T, averaged over positions (..., V)."""
+    vocab = student_logits.size(-1)
+    student = F.log_softmax(student_logits.reshape(-1, vocab).float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.reshape(-1, vocab).float() / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """α · soft-target loss + (1 − α) · cross-entropy on the hard targets (−100 ignored)."""
+    check_distillation(temperature, alpha)
+    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    if alpha == 1.0:
+        return soft
+    hard = F.cross_entropy(
+        student_logits.reshape(-1, student_logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+    return alpha * soft + (1 - alpha) * hard
+
+
+def check_distillation(temperature: float, alpha: float) -> None:
+    """Reject a temperature <= 0 or a soft-target weight outside [0, 1]."""
+    if temperature <= 0:
+        raise ConfigError(f"--temperature must be > 0 (2 is typical); got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1] (the soft-target weight); got {alpha}")
+
+
+def distillation_objective(
+    teacher: nn.Module, temperature: float, alpha: float
+) -> Callable[[nn.Module, Batch], torch.Tensor]:
+    """A trainer objective: the student's distillation loss against a frozen teacher."""
+    check_distillation(temperature, alpha)
+    teacher.eval().requires_grad_(False)
+
+    def objective(student: nn.Module, batch: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(batch.inputs)
+        return distillation_loss(
+            student(batch.inputs), teacher_logits, batch.targets, temperature, alpha
+        )
+
+    return objective

@@ -21,7 +21,6 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lmforge.errors import CheckpointError
 
-OPTIMIZER_DIR = "optimizer"  # inside a checkpoint's trainer_state/
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 

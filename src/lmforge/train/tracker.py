@@ -9,11 +9,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmforge.files import write_text_atomic
 from lmforge.plots import plot_loss_curves
-
-METRICS_FILE = "metrics.jsonl"
-LOSS_PLOT = "loss.png"
+from lmforge.rundir.files import write_text_atomic
+from lmforge.rundir.layout import LOSS_PLOT, METRICS_FILE
 
 
 class Tracker:
@@ -31,6 +29,7 @@ class Tracker:
         self.train_points: list[tuple[int, float]] = []
         self.val_points: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}  # the newest evaluation record
+        self.evals: dict[int, dict[str, Any]] = {}  # every evaluation record, by step
         if run_dir is not None:
             self._reload(run_dir / METRICS_FILE, start_step)
         self.bar = tqdm(
@@ -64,6 +63,7 @@ class Tracker:
         if "val_loss" in record:
             self.val_points.append((record["step"], record["val_loss"]))
             self.last_eval = record
+            self.evals[record["step"]] = record
 
     def log(self, record: dict[str, Any]) -> None:
         """Record one metrics line (and plot when it carries a validation loss)."""

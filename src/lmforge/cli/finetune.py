@@ -1,16 +1,17 @@
-"""The `finetune classify|lm|sft` and `lora merge` verbs of the command line."""
+"""`lmforge finetune classify | multitask | lm | sft`: their flags, and what they print."""
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from lmforge import finetune_lm, jobs, multitask
+from lmforge.cli.workers import add_nproc, started_workers
 from lmforge.errors import LMForgeError
 
 DESCRIPTION = """Fine-tune a run. Every task takes --config FILE and --set section.key=value
 (train.*, finetune.*, lora.*) like pretrain; --lora-r N trains low-rank adapters only (the run
-then holds a small adapter.safetensors over its base run).
+then holds a small adapter.safetensors over its base run). Every task checkpoints while it
+runs: --resume RUN continues it exactly (its other flags are read from the run); --nproc N (or
+torchrun) trains it as N DDP processes.
 
   classify  a pretrained BERT (pooled [CLS]) or GPT (last real token) on labelled text: .csv,
             .tsv as GLUE ships it, or .jsonl. BERT-paper defaults: AdamW, lr 5e-5, 3 epochs,
@@ -35,8 +36,8 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
     )
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     classify = tasks.add_parser("classify", help="one label per text (or pair)")
-    classify.add_argument("--train", type=Path, required=True, metavar="FILE")
-    classify.add_argument("--valid", type=Path, required=True, metavar="FILE")
+    classify.add_argument("--train", type=Path, metavar="FILE")
+    classify.add_argument("--valid", type=Path, metavar="FILE")
     classify.add_argument("--text-column", help="column with the text (default: sentence)")
     classify.add_argument("--text-pair-column", help="column with the second text of pairs")
     classify.add_argument("--label-column", help="column with the label (default: label)")
@@ -46,10 +47,10 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
         help="balanced weighs each class's loss by n / (classes · count): for imbalanced data",
     )
     lm = tasks.add_parser("lm", help="continued pretraining on prepared text")
-    lm.add_argument("--data", type=Path, required=True, help="data directory (lmforge prepare)")
+    lm.add_argument("--data", type=Path, help="data directory (lmforge prepare)")
     sft = tasks.add_parser("sft", help="prompt -> completion pairs from JSONL")
-    sft.add_argument("--train", type=Path, required=True, metavar="FILE", help="JSONL pairs")
-    sft.add_argument("--valid", type=Path, required=True, metavar="FILE", help="JSONL pairs")
+    sft.add_argument("--train", type=Path, metavar="FILE", help="JSONL pairs")
+    sft.add_argument("--valid", type=Path, metavar="FILE", help="JSONL pairs")
     sft.add_argument("--no-pack", action="store_true", help="one example per row, padded")
     sft.add_argument(
         "--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted)"
@@ -59,7 +60,6 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
         "--task",
         dest="tasks",
         action="append",
-        required=True,
         metavar="NAME=FILE",
         help="a task and its YAML (train_file, valid_file, text_column, label_column, "
         "text_pair_column); repeat for each task",
@@ -72,8 +72,14 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", type=Path, required=True, metavar="RUN", help="pretrained run")
-    p.add_argument("--out", type=Path, required=True, help="run directory to create")
+    p.add_argument("--base", type=Path, metavar="RUN", help="pretrained run (required)")
+    p.add_argument("--out", type=Path, help="run directory to create (required)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue this fine-tune from its newest checkpoint, exactly (its own config)",
+    )
     p.add_argument(
         "--config", type=Path, help="YAML/JSON/TOML config (train.*, finetune.*, lora.*)"
     )
@@ -83,6 +89,32 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input")
     p.add_argument("--lora-targets", help="layers to adapt, e.g. q,k,v,o (default) or q,v,fc")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_nproc(p)
+
+
+# the flags each task needs unless it resumes (then every one is read from the run)
+REQUIRED = {
+    "classify": ("base", "out", "train", "valid"),
+    "multitask": ("base", "out", "tasks"),
+    "lm": ("base", "out", "data"),
+    "sft": ("base", "out", "train", "valid"),
+}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.resume is not None:
+        given = [f for f in (*REQUIRED[args.task], "config") if getattr(args, f) is not None]
+        if given:
+            flag = "--task" if given[0] == "tasks" else f"--{given[0]}"
+            raise LMForgeError(
+                f"--resume RUN takes the run's own settings; drop {flag} (change train.* with "
+                "--set)"
+            )
+        return
+    for name in REQUIRED[args.task]:
+        if getattr(args, name) is None:
+            flag = "--task NAME=FILE" if name == "tasks" else f"--{name}"
+            raise LMForgeError(f"finetune {args.task} needs {flag} (or --resume RUN)")
 
 
 def _lora_sets(args: argparse.Namespace) -> list[str]:
@@ -92,27 +124,53 @@ def _lora_sets(args: argparse.Namespace) -> list[str]:
 
 
 def run_finetune(args: argparse.Namespace) -> None:
+    _check_flags(args)
+    if started_workers(args):
+        return
+    from lmforge.jobs import finetune
+
     sets = [*args.set, *_lora_sets(args)]
+    if args.resume is not None:
+        summary = finetune.resume_finetune(args.resume, sets, args.task)
+    elif args.task == "classify":
+        summary = finetune.finetune_classify(
+            finetune.resolve("classify", args.base, args.config, sets, _classify_flags(args)),
+            args.out,
+            args.overwrite,
+        )
+    elif args.task == "multitask":
+        cfg = finetune.resolve("multitask", args.base, args.config, sets, {})
+        summary = finetune.finetune_multitask(cfg, _task_files(args), args.out, args.overwrite)
+    else:
+        summary = _run_lm(args, sets, finetune)
+    if not summary["is_main"]:
+        return  # another torchrun worker: rank 0 reports
     if args.task == "classify":
-        _run_classify(args, sets)
-        return
-    if args.task == "multitask":
-        _run_multitask(args, sets)
-        return
+        _print_classify(summary)
+    elif args.task == "multitask":
+        _print_multitask(summary)
+    else:
+        _print_lm(summary)
+
+
+def _run_lm(args: argparse.Namespace, sets: list[str], finetune: Any) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if args.freeze_layers is not None:
         inputs["freeze_layers"] = args.freeze_layers
     if args.freeze_embeddings:
         inputs["freeze_embeddings"] = True
     if args.task == "lm":
-        sets.append(f"data.dir={args.data}")
-        cfg = finetune_lm.lm_config(args.base, args.config, sets, inputs)
-        summary = finetune_lm.finetune_lm(cfg, args.out, args.overwrite)
-    else:
-        inputs.update(train_file=str(args.train), valid_file=str(args.valid))
-        inputs.update(pack=not args.no_pack, skip_bad_lines=args.skip_bad_lines)
-        cfg = finetune_lm.lm_config(args.base, args.config, sets, inputs)
-        summary = finetune_lm.finetune_sft(cfg, args.out, args.overwrite)
+        cfg = finetune.resolve(
+            "lm", args.base, args.config, [*sets, f"data.dir={args.data}"], inputs
+        )
+        return finetune.finetune_lm(cfg, args.out, args.overwrite)
+    inputs.update(train_file=str(args.train), valid_file=str(args.valid))
+    inputs.update(pack=not args.no_pack, skip_bad_lines=args.skip_bad_lines)
+    cfg = finetune.resolve("sft", args.base, args.config, sets, inputs)
+    return finetune.finetune_sft(cfg, args.out, args.overwrite)
+
+
+def _print_lm(summary: dict[str, Any]) -> None:
     print(
         f"fine-tuned {summary['steps']} steps -> {summary['run_dir']}: val loss "
         f"{summary['first_val_loss']:.4f} -> {summary['last_val_loss']:.4f}"
@@ -126,8 +184,8 @@ def run_finetune(args: argparse.Namespace) -> None:
         )
 
 
-def _run_multitask(args: argparse.Namespace, sets: list[str]) -> None:
-    files = {}
+def _task_files(args: argparse.Namespace) -> dict[str, Path]:
+    files: dict[str, Path] = {}
     for item in args.tasks:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
@@ -135,12 +193,14 @@ def _run_multitask(args: argparse.Namespace, sets: list[str]) -> None:
         if name in files:
             raise LMForgeError(f"--task {name} is given twice")
         files[name] = Path(file)
-    cfg = multitask.multitask_config(args.base, args.config, sets)
-    summary = multitask.finetune_multitask(cfg, files, args.out, args.overwrite)
-    best = summary["best"]
-    print(f"fine-tuned {summary['steps']} steps on {len(files)} tasks -> {summary['run_dir']}")
+    return files
+
+
+def _print_multitask(summary: dict[str, Any]) -> None:
+    best, names = summary["best"], summary["tasks"]
+    print(f"fine-tuned {summary['steps']} steps on {len(names)} tasks -> {summary['run_dir']}")
     drawn = summary["batches_per_task"]
-    for name in files:
+    for name in names:
         print(
             f"  {name}: accuracy {best[f'val_{name}_accuracy']:.4f}, "
             f"macro-F1 {best[f'val_{name}_macro_f1']:.4f}, "
@@ -149,8 +209,7 @@ def _run_multitask(args: argparse.Namespace, sets: list[str]) -> None:
     print(f"  mean accuracy {best['val_accuracy']:.4f} (best at step {best['step']})")
 
 
-def _run_classify(args: argparse.Namespace, sets: list[str]) -> None:
-    """Fine-tune, then print the best epoch's report and confusion matrix."""
+def _classify_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "train_file": str(args.train),
         "valid_file": str(args.valid),
@@ -159,8 +218,11 @@ def _run_classify(args: argparse.Namespace, sets: list[str]) -> None:
         "label_column": args.label_column,
         "class_weights": args.class_weights,
     }
-    inputs = {key: value for key, value in flags.items() if value is not None}
-    summary = jobs.finetune(args.base, args.config, sets, inputs, args.out, args.overwrite)
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _print_classify(summary: dict[str, Any]) -> None:
+    """The best epoch's report and confusion matrix."""
     metrics = summary["metrics"]
     print(
         f"fine-tuned {summary['steps']} steps ({summary['epochs']} epochs) on "
@@ -174,34 +236,3 @@ def _run_classify(args: argparse.Namespace, sets: list[str]) -> None:
     print(summary["report"])
     print(summary["confusion_matrix"])
     print(f"confusion matrix plot: {summary['confusion_plot']}")
-
-
-def add_lora(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser(
-        "lora",
-        help="fold a run's LoRA adapters into its base weights",
-        description="merge: write a full run whose weights are base + (alpha / r) · B A, so it no "
-        "longer needs the base run (and exports as a plain model).",
-    )
-    p.add_argument("action", choices=["merge"])
-    p.add_argument("run", type=Path, help="adapter run directory")
-    p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-
-
-def run_lora(args: argparse.Namespace) -> None:
-    summary = finetune_lm.merge_run(args.run, args.out, args.overwrite)
-    print(f"merged {args.run} -> {summary['out']}: {summary['params']:,} parameters")
-
-
-def print_sft_scores(scores: dict[str, Any], as_json: bool) -> None:
-    record = {k: v for k, v in scores.items() if k != "samples"}
-    if as_json:
-        print(json.dumps(record))
-        return
-    for sample in scores["samples"]:
-        print(f"prompt: {sample['prompt']!r}\noutput: {sample['output']!r}\n")
-    print(
-        f"{scores['examples']} pairs: exact match {scores['exact_match']:.3f}, "
-        f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
-    )

@@ -15,28 +15,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge.adapters import (
+from lmforge.config import RunConfig, to_dict
+from lmforge.errors import CheckpointError
+from lmforge.model.lora import adapter_state_dict, lora_layers
+from lmforge.rundir.files import write_text_atomic
+from lmforge.rundir.layout import (
     ADAPTER_FILE,
-    attach_adapter,
-    check_base,
-    is_adapter_run,
-    read_adapter_config,
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATE_DIR,
+    STATE_FILE,
+    STATE_JSON,
+    TOKENIZER_FILE,
+    checkpoint_name,
 )
-from lmforge.compress.quantize import QUANTIZATION_FILE, load_quantized
-from lmforge.config import RunConfig, from_dict, to_dict
-from lmforge.errors import CheckpointError, ConfigError, LMForgeError
-from lmforge.files import write_text_atomic
-from lmforge.model import BERT, GPT
-from lmforge.model.lora import adapter_state_dict, lora_layers, merge_lora
 from lmforge.tokenizer import Tokenizer
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
-STATE_DIR = "trainer_state"
-STATE_FILE = "state.pt"
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -141,7 +137,7 @@ def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None
 
 def staging_dir(run_dir: Path, step: int) -> Path:
     """Where checkpoints/step_N is assembled (by every rank, for sharded state) before renaming."""
-    return run_dir / CHECKPOINTS_DIR / f"step_{step:07d}.tmp"
+    return run_dir / CHECKPOINTS_DIR / f"{checkpoint_name(step)}.tmp"
 
 
 def fresh_staging_dir(run_dir: Path, step: int) -> Path:
@@ -163,22 +159,22 @@ def save_checkpoint(
     """Write checkpoints/step_N atomically, mirror it at the top level, keep the last K and best.
     staged: the staging directory already holds files (sharded optimizer state) to keep."""
     step = trainer_state["state"]["step"]
-    final = run_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+    final = run_dir / CHECKPOINTS_DIR / checkpoint_name(step)
     tmp = staging_dir(run_dir, step) if staged else fresh_staging_dir(run_dir, step)
     weights = weights_name(model)
     save_weights(model, tmp / weights, step, tensors)
     torch.save(trainer_state, tmp / STATE_DIR / STATE_FILE)
-    write_text_atomic(tmp / STATE_DIR / "state.json", json.dumps(trainer_state["state"], indent=2))
+    write_text_atomic(tmp / STATE_DIR / STATE_JSON, json.dumps(trainer_state["state"], indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     (run_dir / STATE_DIR).mkdir(exist_ok=True)
-    for name in (STATE_FILE, "state.json"):
+    for name in (STATE_FILE, STATE_JSON):
         _link_or_copy(final / STATE_DIR / name, run_dir / STATE_DIR / name)
     _link_or_copy(final / weights, run_dir / weights)
     if is_best:
         (run_dir / BEST_DIR).mkdir(exist_ok=True)
         _link_or_copy(final / weights, run_dir / BEST_DIR / weights)
-        _link_or_copy(final / STATE_DIR / "state.json", run_dir / BEST_DIR / "state.json")
+        _link_or_copy(final / STATE_DIR / STATE_JSON, run_dir / BEST_DIR / STATE_JSON)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -201,71 +197,3 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(f"missing trainer state {path}; cannot resume from it") from None
     except Exception as exc:  # torch raises many types for a damaged file
         raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run was trained with."""
-    path = run_dir / CONFIG_FILE
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory not found: {run_dir}")
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    try:
-        return from_dict(RunConfig, json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is corrupt: {exc}") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"{path} is not a valid lmforge config: {exc}") from None
-
-
-def build_model(cfg: RunConfig) -> nn.Module:
-    """The model a config describes, randomly initialised."""
-    return BERT(cfg.model) if cfg.model.arch == "bert" else GPT(cfg.model)
-
-
-def check_vocab(tokenizer: Tokenizer, cfg: RunConfig, where: str) -> None:
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise CheckpointError(
-            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
-            f"{cfg.model.vocab_size} (model.vocab_size); use the tokenizer the model was "
-            "trained with"
-        )
-
-
-def load_run(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, nn.Module, Tokenizer]:
-    """(config, model in eval mode, tokenizer) of a run; `which` is latest or best."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    if cfg.train.objective == "classify":
-        raise CheckpointError(
-            f"{run_dir} is a fine-tuned classifier, not a language model; use "
-            f"`lmforge predict {run_dir} --input FILE --output FILE`"
-        )
-    try:
-        tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE)
-    except LMForgeError as exc:
-        raise CheckpointError(str(exc)) from None
-    check_vocab(tokenizer, cfg, str(run_dir))
-    if is_adapter_run(run_dir):  # LoRA adapters over a base run
-        record = read_adapter_config(run_dir)
-        _, model, _ = load_run(check_base(run_dir, record))
-        where = run_dir if which == "latest" else run_dir / BEST_DIR
-        return cfg, attach_adapter(model, where, record), tokenizer
-    model = build_model(cfg)
-    if (run_dir / QUANTIZATION_FILE).is_file():  # an int8 run made by `compress quantize`
-        return cfg, load_quantized(run_dir, model), tokenizer
-    weights = run_dir / (MODEL_FILE if which == "latest" else f"{BEST_DIR}/{MODEL_FILE}")
-    load_weights(model, weights)
-    return cfg, model.eval(), tokenizer
-
-
-def load_base_weights(model: nn.Module, base_dir: Path) -> None:
-    """A fine-tune's starting weights from run base_dir; an adapter run counts as its base with
-    the adapters merged in."""
-    base_dir = Path(base_dir)
-    if not is_adapter_run(base_dir):
-        load_weights(model, base_dir / MODEL_FILE)
-        return
-    _, adapted, _ = load_run(base_dir)
-    merge_lora(adapted)
-    model.load_state_dict(clean_state_dict(adapted), strict=False)

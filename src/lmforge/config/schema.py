@@ -1,25 +1,37 @@
-"""Every configuration dataclass, and loading them from YAML/JSON/TOML files plus `--set` overrides.
+"""Every configuration dataclass, and the metric names each training objective reports.
 
-Configs are frozen, keyword-only dataclasses validated at construction; to and from dicts, files
-and `--set` overrides they go key by key, each checked. No torch import here.
+Configs are frozen, keyword-only dataclasses validated at construction (ranges and relations
+between keys). No torch import here.
 """
 
-import dataclasses
-import difflib
-import json
 import logging
-import tomllib
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-import yaml
-
 from lmforge.errors import ConfigError
-from lmforge.metric_names import OBJECTIVES, higher_is_better
 
 log = logging.getLogger(__name__)
+
+# Validation metrics each objective reports (the eval records in metrics.jsonl).
+# val_mlm_hidden_accuracy: on the masked tokens the input does not show ([MASK] or random), so
+# copying the 10% left visible earns nothing.
+_MLM = ("val_loss", "val_mlm_loss", "val_mlm_accuracy", "val_mlm_hidden_accuracy")
+_CLASSIFY = ("val_loss", "val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall")
+OBJECTIVES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "clm": ("val_loss", "val_ppl"),
+        "mlm": _MLM,
+        "mlm+nsp": (*_MLM, "val_nsp_loss", "val_nsp_accuracy"),
+        "classify": _CLASSIFY,
+    }
+)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies, F1, precision and recall improve upwards; losses and perplexity downwards."""
+    return metric.endswith(("accuracy", "f1", "precision", "recall"))
 
 
 def param(default: Any, help: str) -> Any:
@@ -365,141 +377,3 @@ class SamplingConfig:
             "--temperature/--top-k/--top-p (or set --temperature 0), or use --beams 1 to sample",
         )
         _require(abs(self.length_penalty) < float("inf"), "--length-penalty must be finite")
-
-
-# ---------------------------------------------------------------- dict <-> dataclass
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain JSON-able data."""
-    return dataclasses.asdict(cfg)
-
-
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Check `value` against a field type, accepting ints for floats and numeric strings."""
-    args = typing.get_args(kind)
-    if args and type(None) in args:  # X | None
-        if value is None:
-            return None
-        kind = next(a for a in args if a is not type(None))
-    if kind is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif (kind is int and isinstance(value, int) and not isinstance(value, bool)) or (
-        kind in (bool, str) and isinstance(value, kind)
-    ):
-        return value
-    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(_unknown_key_message(where, [f"{prefix}{n}" for n in names]))
-        if dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = from_dict(hints[key], value, prefix=f"{where}.")
-        else:
-            kwargs[key] = _coerce(value, hints[key], where)
-    return cls(**kwargs)
-
-
-def all_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """Every leaf key as (dotted name, default, help), for `config show` and error hints."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows += all_keys(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            rows.append((f"{prefix}{f.name}", f.default, f.metadata.get("help", "")))
-    return rows
-
-
-def _unknown_key_message(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
-    return f"unknown config key {key}{hint}"
-
-
-# ---------------------------------------------------------------- files and overrides
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML, JSON or TOML config file (chosen by extension) into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, e.g. 'model:'")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides; each value is parsed as YAML (int/float/bool/list)."""
-    known = [key for key, _, _ in all_keys()]
-    # an empty YAML section (`model:` with every key commented out) parses to None
-    out = {k: {} if v is None else dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or "." not in key:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
-        if key not in known:
-            raise ConfigError(_unknown_key_message(key, known))
-        section, name = key.split(".", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        out.setdefault(section, {})[name] = value
-    return out
-
-
-def load_config(path: str | Path | None, sets: list[str] | None = None) -> RunConfig:
-    """Read a config file (or the defaults when `path` is None) and apply `--set` overrides."""
-    data = read_config_file(path) if path else {}
-    return from_dict(RunConfig, apply_overrides(data, sets or []))
-
-
-__all__ = [
-    "OBJECTIVES",
-    "DataConfig",
-    "DistConfig",
-    "FinetuneConfig",
-    "LoRAConfig",
-    "ModelConfig",
-    "RunConfig",
-    "SamplingConfig",
-    "TrainConfig",
-    "all_keys",
-    "apply_overrides",
-    "from_dict",
-    "higher_is_better",
-    "load_config",
-    "read_config_file",
-    "to_dict",
-]

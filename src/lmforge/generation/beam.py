@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import SamplingConfig
-from lmforge.decoding import (
+from lmforge.generation.sampling import (
     NEG,
     StopWhen,
     advance,
@@ -16,7 +16,7 @@ from lmforge.decoding import (
     setup_rows,
 )
 from lmforge.model import GPT
-from lmforge.model.packed import packed_linears
+from lmforge.model.onednn import packed_linears
 
 
 def beam_search(

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import torch
 
-from lmforge.beam import beam_search
 from lmforge.config import SamplingConfig
-from lmforge.decoding import (
+from lmforge.generation.beam import beam_search
+from lmforge.generation.sampling import (
     StopWhen,
     advance,
     fit_prompt,
@@ -28,7 +28,7 @@ from lmforge.decoding import (
     top_p_filter,
 )
 from lmforge.model import GPT
-from lmforge.model.packed import packed_linears
+from lmforge.model.onednn import packed_linears
 from lmforge.tokenizer import Tokenizer
 
 __all__ = [  # the processors are re-exported: decoding.py holds them

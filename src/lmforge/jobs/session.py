@@ -1,9 +1,16 @@
-"""The training run behind pretrain, resume and every LM fine-tune: data, objective, model,
-the process group of a torchrun launch, and the shared Trainer."""
+"""The one training session behind every run: pretraining, resuming, every fine-tune,
+distillation and the recovery steps of pruning.
+
+A session joins torchrun's process group (if launched by it), builds the model (seeded; from a
+base run, with heads or LoRA, as the plan says), wraps it for DDP or shards it for FSDP, builds
+the optimizer, draws each rank's rows of the global batch, runs the one Trainer, and writes
+checkpoints/step_N (weights, trainer state, sharded optimizer state) that `--resume` continues
+from exactly, at any number of processes.
+"""
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,12 +18,13 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
-from lmforge.data.batches import Batch, clm_batch, step_generator
-from lmforge.data.mlm import BertVocab, mlm_batch
-from lmforge.data.shards import TokenShards
-from lmforge.errors import ConfigError, DataError, LMForgeError
+from lmforge.data.batches import Batch
+from lmforge.data.sources import Sources, batch_sources, open_data
+from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.rundir import checkpoint as ckpt
+from lmforge.rundir import layout
+from lmforge.rundir.load import build_model
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import (
     DistContext,
@@ -28,13 +36,10 @@ from lmforge.train.distributed import (
     shard,
     shutdown,
 )
-from lmforge.train.objectives import clm_loss, mlm_nsp_loss, mlm_nsp_metrics
+from lmforge.train.evaluators import encoder_metrics
+from lmforge.train.objectives import clm_loss, mlm_nsp_loss
 from lmforge.train.optim import build_optimizer
-from lmforge.train.optimizer_state import (
-    OPTIMIZER_DIR,
-    load_optimizer_state,
-    save_optimizer_state,
-)
+from lmforge.train.optimizer_state import load_optimizer_state, save_optimizer_state
 from lmforge.train.runtime import (
     choose_device,
     compile_blocks,
@@ -42,62 +47,32 @@ from lmforge.train.runtime import (
     seed_everything,
     warn_if_slow,
 )
-from lmforge.train.tracker import LOSS_PLOT, Tracker
+from lmforge.train.tracker import Tracker
 from lmforge.train.trainer import Evaluator, Objective, Trainer
 
 log = logging.getLogger(__name__)
-VAL_SEED_KEY = 1  # val batches draw from (seed, 1, i); train batches from (seed, 0, step, micro)
 
 
-def open_data(cfg: RunConfig) -> tuple[TokenShards, Tokenizer]:
-    if not cfg.data.dir:
-        raise ConfigError("no data directory: pass --data DIR (made by `lmforge prepare`)")
-    shards = TokenShards(cfg.data.dir)
-    tokenizer = Tokenizer.load(Path(cfg.data.dir) / ckpt.TOKENIZER_FILE)
-    if tokenizer.sha256() != shards.meta["tokenizer_sha256"]:
-        raise DataError(f"{cfg.data.dir}: tokenizer.json does not match the one the shards used")
-    return shards, tokenizer
+@dataclass(frozen=True, slots=True)
+class TrainingPlan:
+    """What a run changes in the session; every field left None takes pretraining's choice.
 
+    objective: the loss and its eval record (default: train.objective's).
+    sources:   (config with the global batch size) -> (train batches, validation batches);
+               default: windows or MLM pairs from data.dir.
+    tokenizer: the tokenizer written into the run (default: data.dir's).
+    build:     the starting model, e.g. base weights under a classifier head, frozen layers,
+               LoRA adapters, a pruned model (default: randomly initialised from cfg.model).
+    run_files: writes a run's extra files (labels.json, tasks.json, ...) once, at the start.
+    unused_parameters: tells DDP that a step may leave some parameters without a gradient.
+    """
 
-def batch_sources(
-    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
-) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
-    """Step-indexed train batches and a fixed list of validation batches."""
-    if cfg.train.objective.startswith("mlm"):
-        return _mlm_sources(cfg, shards, tokenizer)
-    window, batch_size, seed = cfg.model.block_size + 1, cfg.train.batch_size, cfg.train.seed
-    shards.check_fits("train", window)
-    shards.check_fits("val", window)
-
-    def train_batch(step: int, micro: int) -> Batch:
-        return clm_batch(
-            shards.sample_windows("train", batch_size, window, step_generator(seed, 0, step, micro))
-        )
-
-    val = [
-        clm_batch(
-            shards.sample_windows("val", batch_size, window, step_generator(seed, VAL_SEED_KEY, i))
-        )
-        for i in range(cfg.train.eval_batches)
-    ]
-    return train_batch, lambda: val
-
-
-def _mlm_sources(
-    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer
-) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]]:
-    """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
-    vocab = BertVocab.from_tokenizer(tokenizer, whole_word=cfg.data.whole_word_masking)
-    nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
-    corpora = {split: shards.sentences(split) for split in ("train", "val")}
-
-    def batch(split: str, generator: torch.Generator) -> Batch:
-        return mlm_batch(corpora[split], batch_size, cfg.model.block_size, generator, vocab, nsp)
-
-    val = [
-        batch("val", step_generator(seed, VAL_SEED_KEY, i)) for i in range(cfg.train.eval_batches)
-    ]
-    return lambda step, micro: batch("train", step_generator(seed, 0, step, micro)), lambda: val
+    objective: tuple[Objective, Evaluator | None] | None = None
+    sources: Callable[[RunConfig], Sources] | None = None
+    tokenizer: Tokenizer | None = None
+    build: Callable[[], torch.nn.Module] | None = None
+    run_files: Callable[[Path], None] | None = None
+    unused_parameters: bool = False  # some parameters get no gradient in a step (task heads)
 
 
 def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
@@ -117,32 +92,24 @@ def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
     )
 
 
-def encoder_metrics(model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-    """BERT's eval record: val_loss (MLM + NSP loss) and each task's loss and accuracy."""
-    metrics = {f"val_{k}": v for k, v in mlm_nsp_metrics(model, batches).items()}
-    return {"val_loss": metrics["val_mlm_loss"] + metrics.get("val_nsp_loss", 0.0), **metrics}
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingPlan:
-    """What a fine-tune changes in _train: its loss and eval, its batches, its starting model."""
-
-    objective: tuple[Objective, Evaluator | None] | None = None
-    sources: tuple[Callable[[int, int], Batch], Callable[[], list[Batch]]] | None = None
-    tokenizer: Tokenizer | None = None
-    init: Callable[[torch.nn.Module], None] | None = None  # e.g. base weights, freezing, LoRA
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint --resume continues from; None when the run has no complete one."""
+    if not (run_dir / layout.CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {layout.CONFIG_FILE})")
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
+    return checkpoints[-1]
 
 
 def train(
     cfg: RunConfig,
     run_dir: Path,
     resume_from: Path | None,
-    objective: tuple[Objective, Evaluator | None] | None = None,
     plan: TrainingPlan | None = None,
 ) -> dict[str, Any]:
-    """Train cfg's model into run_dir; `objective` replaces train.objective's loss and eval
-    (distillation brings its teacher this way), `plan` whatever else a fine-tune changes."""
-    plan = plan or TrainingPlan(objective=objective)
+    """Train into run_dir (from checkpoint resume_from, if given) as the plan says."""
+    plan = plan or TrainingPlan()
     device = choose_device(cfg.train.device)
     ctx = _join_processes(cfg, device)
     if ctx.is_main:
@@ -174,12 +141,12 @@ def _global_sources(
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]], Tokenizer | None]:
     """Batch sources; under DDP every rank takes its rows of the global batch (micro batch x
     world size), drawn exactly as one process with that batch would draw it."""
+    world = replace(cfg, train=replace(cfg.train, batch_size=cfg.train.batch_size * ctx.world_size))
     if plan.sources is not None:
-        (train_batch, val_batches), tokenizer = plan.sources, plan.tokenizer
+        (train_batch, val_batches), tokenizer = plan.sources(world), plan.tokenizer
     else:
-        world = replace(cfg.train, batch_size=cfg.train.batch_size * ctx.world_size)
         shards, tokenizer = open_data(cfg)
-        train_batch, val_batches = batch_sources(replace(cfg, train=world), shards, tokenizer)
+        train_batch, val_batches = batch_sources(world, shards, tokenizer)
     if not ctx.active:
         return train_batch, val_batches, tokenizer
     return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer
@@ -197,7 +164,7 @@ def prepare_model(
     if device.type == "cpu":
         keep_freed_memory()
     fsdp = ctx.active and cfg.dist.strategy == "fsdp"
-    if fsdp and plan.init is None:
+    if fsdp and plan.build is None:
         return (model := _built_sharded(cfg, device, ctx, resume_from)), model
     model = _full_model(cfg, plan, device, resume_from)
     _switches(model, cfg)
@@ -206,18 +173,17 @@ def prepare_model(
         return model, model
     if ctx.active:
         ids = [ctx.local_rank] if device.type == "cuda" else None
-        return model, DistributedDataParallel(model, device_ids=ids)
+        unused = plan.unused_parameters
+        return model, DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
     return model, model
 
 
 def _full_model(
     cfg: RunConfig, plan: TrainingPlan, device: torch.device, resume_from: Path | None
 ) -> torch.nn.Module:
-    """The whole model, seeded, initialised as the plan says, with the resumed weights."""
+    """The whole model, seeded, built as the plan says, with the resumed weights."""
     seed_everything(cfg.train.seed)
-    model = ckpt.build_model(cfg)
-    if plan.init is not None:
-        plan.init(model)
+    model = plan.build() if plan.build is not None else build_model(cfg)
     model = model.to(device)
     if resume_from is not None:
         ckpt.load_weights(model, resume_from / ckpt.weights_name(model))
@@ -225,7 +191,8 @@ def _full_model(
 
 
 def _switches(model: torch.nn.Module, cfg: RunConfig) -> None:
-    model.activation_checkpointing = cfg.dist.activation_checkpointing
+    body = getattr(model, "body", model)  # a classifier's Transformer
+    body.activation_checkpointing = cfg.dist.activation_checkpointing
     if cfg.train.compile:
         compile_blocks(model)
 
@@ -238,7 +205,7 @@ def _built_sharded(
     process would) and broadcasts it into them."""
     seed_everything(cfg.train.seed)  # the other ranks' dropout draws stay deterministic
     with torch.device("meta"):
-        model = ckpt.build_model(cfg)
+        model = build_model(cfg)
     _switches(model, cfg)
     shard(model, cfg.train.dtype, device)
     model.to_empty(device=device)
@@ -264,7 +231,7 @@ def _saver(
         if ctx.is_main:
             ckpt.fresh_staging_dir(run_dir, step)
         barrier(ctx)
-        staged = ckpt.staging_dir(run_dir, step) / ckpt.STATE_DIR / OPTIMIZER_DIR
+        staged = ckpt.staging_dir(run_dir, step) / layout.STATE_DIR / layout.OPTIMIZER_DIR
         save_optimizer_state(model, optimizer, staged)  # a collective too
         state = {**state, "optimizer": None, "dist": _layout(cfg, ctx)}
         if ctx.is_main:  # one writer; the others wait for it
@@ -283,27 +250,41 @@ def _layout(cfg: RunConfig, ctx: DistContext) -> dict[str, int]:
 def same_global_batch(cfg: RunConfig, saved: dict[str, Any], world_size: int) -> RunConfig:
     """Resuming on another number of processes: split the same global batch over them (unless
     train.batch_size was changed too), so the run continues with the same batches."""
-    layout = saved.get("dist")  # None: a new run, or a checkpoint older than this record
-    if layout is None or layout["world_size"] == world_size:
+    layout_ = saved.get("dist")  # None: a new run, or a checkpoint older than this record
+    if layout_ is None or layout_["world_size"] == world_size:
         return cfg
-    if cfg.train.batch_size != layout["batch_size"]:
+    if cfg.train.batch_size != layout_["batch_size"]:
         return cfg
-    rows = layout["world_size"] * layout["batch_size"]
+    rows = layout_["world_size"] * layout_["batch_size"]
     if rows % world_size:
         raise ConfigError(
-            f"the run's global batch of {rows} rows ({layout['world_size']} processes x "
-            f"{layout['batch_size']}) does not split over {world_size} processes; resume on a "
+            f"the run's global batch of {rows} rows ({layout_['world_size']} processes x "
+            f"{layout_['batch_size']}) does not split over {world_size} processes; resume on a "
             "number of processes that divides it, or set train.batch_size"
         )
     log.info(
         "resuming a %d-process run on %d: train.batch_size %d -> %d keeps the global batch of %d",
-        layout["world_size"],
+        layout_["world_size"],
         world_size,
-        layout["batch_size"],
+        layout_["batch_size"],
         rows // world_size,
         rows,
     )
     return replace(cfg, train=replace(cfg.train, batch_size=rows // world_size))
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> None:
+    start = trainer.state.step
+    if trainer.state.stopped_early:
+        raise LMForgeError(
+            f"{run_dir} stopped early at step {start} (train.patience={cfg.train.patience}); "
+            "start a new run to train further"
+        )
+    if start >= cfg.train.max_steps:
+        raise LMForgeError(
+            f"{run_dir} already reached train.max_steps={cfg.train.max_steps}; to train longer "
+            f"resume with --set train.max_steps=N (N > {start})"
+        )
 
 
 def _train_here(
@@ -333,21 +314,30 @@ def _train_here(
     if resume_from is not None:
         trainer.load_state_dict(saved)
         if saved.get("optimizer") is None:  # saved apart, sharded: read at this world size
-            path = resume_from / ckpt.STATE_DIR / OPTIMIZER_DIR
+            path = resume_from / layout.STATE_DIR / layout.OPTIMIZER_DIR
             load_optimizer_state(model, optimizer, path)
-    start = trainer.state.step
-    if trainer.state.stopped_early:
-        raise LMForgeError(
-            f"{run_dir} stopped early at step {start} (train.patience={cfg.train.patience}); "
-            "start a new run to train further"
-        )
-    if start >= cfg.train.max_steps:
-        raise LMForgeError(
-            f"{run_dir} already reached train.max_steps={cfg.train.max_steps}; to train longer "
-            f"resume with --set train.max_steps=N (N > {start})"
-        )
+    _check_resumable(cfg, run_dir, trainer)
     if ctx.is_main:
         ckpt.write_run_files(run_dir, cfg, tokenizer)
+        if plan.run_files is not None:
+            plan.run_files(run_dir)
+    _log_model(cfg, model, ctx, device)
+    start = trainer.state.step
+    trainer.tracker = Tracker(
+        run_dir if ctx.is_main else None,
+        cfg.train.max_steps,
+        start,
+        cfg.train.progress and ctx.is_main,
+        verbose=ctx.is_main,
+    )
+    try:
+        trainer.fit()
+    finally:
+        trainer.tracker.close()
+    return _summary(cfg, run_dir, ctx, trainer)
+
+
+def _log_model(cfg: RunConfig, model: torch.nn.Module, ctx: DistContext, device: Any) -> None:
     micro = cfg.train.batch_size * cfg.model.block_size
     log.info(
         "model: %s parameters, %.3g FLOPs/token; %s tokens/step (%d x %d accumulation x %d "
@@ -360,18 +350,12 @@ def _train_here(
         ctx.world_size,
         device,
     )
-    trainer.tracker = Tracker(
-        run_dir if ctx.is_main else None,
-        cfg.train.max_steps,
-        start,
-        cfg.train.progress and ctx.is_main,
-        verbose=ctx.is_main,
-    )
-    try:
-        state = trainer.fit()
-    finally:
-        trainer.tracker.close()
-    vals = trainer.tracker.val_points
+
+
+def _summary(cfg: RunConfig, run_dir: Path, ctx: DistContext, trainer: Trainer) -> dict[str, Any]:
+    """What the run did: steps, early stop, the best and last evaluations, first/last losses."""
+    state, tracker = trainer.state, trainer.tracker
+    vals, losses = tracker.val_points, tracker.train_points
     return {
         "run_dir": str(run_dir),
         "is_main": ctx.is_main,  # under torchrun only rank 0 reports
@@ -381,10 +365,13 @@ def _train_here(
         "best_metric": cfg.train.best_metric,
         "best_score": state.best_score,
         "best_step": state.best_step,
-        "last_metrics": trainer.tracker.last_eval,
+        "best_metrics": tracker.evals.get(state.best_step, {}),
+        "last_metrics": tracker.last_eval,
         "skipped_steps": state.skipped_steps,
         "first_val_loss": vals[0][1] if vals else math.nan,
         "last_val_loss": state.last_val_loss,
         "best_val_loss": state.best_val_loss,
-        "loss_plot": str(run_dir / LOSS_PLOT),
+        "first_loss": losses[0][1] if losses else math.nan,
+        "last_loss": losses[-1][1] if losses else math.nan,
+        "loss_plot": str(run_dir / layout.LOSS_PLOT),
     }

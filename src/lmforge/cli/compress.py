@@ -1,13 +1,12 @@
-"""The `evaluate` and `compress` verbs of the command line."""
+"""`lmforge compress prune | quantize | distill | report`: their flags, and what they print."""
 
 import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from lmforge import eval_jobs, finetune_lm, jobs
-from lmforge.cli_finetune import print_sft_scores
-from lmforge.compress import runs
+from lmforge.cli.workers import add_nproc, started_workers
+from lmforge.errors import LMForgeError
 
 COMPRESS_EXAMPLES = """examples:
   lmforge compress prune    runs/nano --sparsity 0.5 --out runs/nano-p50 --finetune-steps 500
@@ -15,91 +14,9 @@ COMPRESS_EXAMPLES = """examples:
   lmforge compress quantize runs/nano --int8 --out runs/nano-q8
   lmforge compress distill  --teacher runs/big --student-config configs/gpt-nano-cpu.yaml \\
                             --data data/docs --out runs/small
+  lmforge compress distill  --resume runs/small      # after an interruption
   lmforge compress report   runs/nano runs/nano-p50 runs/nano-q8 --text held-out.txt
 """
-
-
-def add_evaluate(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser(
-        "evaluate",
-        help="perplexity on prepared data or a text file; classifier metrics on a labelled file",
-        description="Score a run. By default: loss and perplexity over a whole split of prepared "
-        "data. --text FILE: loss, perplexity, bits per byte (comparable across tokenizers) and "
-        "tokens/s on any UTF-8 text, in sliding windows. --classify FILE: accuracy, macro "
-        "precision/recall/F1 and the confusion matrix of a fine-tuned classifier.",
-    )
-    p.add_argument("run", type=Path, help="run directory")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--data", type=Path, help="data directory (default: the run's own)")
-    source.add_argument("--text", type=Path, metavar="FILE", help="score this UTF-8 text file")
-    source.add_argument(
-        "--classify", type=Path, metavar="FILE", help="labelled CSV/TSV/JSONL for a classifier"
-    )
-    source.add_argument(
-        "--sft",
-        type=Path,
-        metavar="FILE",
-        help="JSONL prompt/completion pairs: greedy generation scored by exact match, BLEU, chrF",
-    )
-    p.add_argument("--split", default="val", choices=["train", "val"], help="with --data")
-    p.add_argument(
-        "--stride",
-        type=int,
-        help="with --text: tokens between window starts (default: the context, i.e. no overlap); "
-        "smaller gives every token more context and costs more",
-    )
-    p.add_argument(
-        "--plot",
-        type=Path,
-        metavar="PNG",
-        help="with --text: loss by context position; with --classify: confusion matrix",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="with --classify (default 32)")
-    p.add_argument("--task", metavar="NAME", help="with --classify: a multitask run's head")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    if args.text is not None:
-        score, plot = eval_jobs.evaluate_text(args.run, args.text, args.stride, args.plot)
-        _print_record(args, score.as_dict(), _text_line(score.as_dict(), plot))
-    elif args.sft is not None:
-        print_sft_scores(finetune_lm.evaluate_sft(args.run, args.sft), args.json)
-    elif args.classify is not None:
-        result = eval_jobs.evaluate_classifier(
-            args.run, args.classify, args.batch_size, args.plot, args.task
-        )
-        metrics = result["metrics"]
-        keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix")
-        record = {key: metrics[key] for key in keys} | {"labels": result["labels"]}
-        if not args.json:
-            print(result["report"])
-            print(result["confusion_table"])
-        _print_record(args, record, f"accuracy {metrics['accuracy']:.4f}")
-    else:
-        result = jobs.evaluate(args.run, args.data, args.split)
-        record = {"loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens}
-        line = (
-            f"{args.split}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f} "
-            f"over {result.tokens:,} tokens"
-        )
-        _print_record(args, record, line)
-
-
-def _text_line(record: dict[str, Any], plot: Path | None) -> str:
-    line = (
-        f"loss {record['loss']:.4f}, perplexity {record['perplexity']:.2f}, "
-        f"{record['bits_per_byte']:.4f} bits/byte over {record['tokens']:,} tokens "
-        f"({record['bytes']:,} bytes), {record['tokens_per_s']:,.0f} tokens/s"
-    )
-    return line + (f"\nposition plot: {plot}" if plot else "")
-
-
-def _print_record(args: argparse.Namespace, record: dict[str, Any], line: str) -> None:
-    print(json.dumps(record) if args.json else line)
-
-
-# ---------------------------------------------------------------- compress
 
 
 def add_compress(verbs: argparse._SubParsersAction) -> None:
@@ -118,13 +35,13 @@ def add_compress(verbs: argparse._SubParsersAction) -> None:
         "--structured heads|neurons removes whole attention heads or MLP neurons (the same "
         "number in every block, the least important first) so the model really shrinks.",
     )
-    prune.add_argument("run", type=Path, help="run directory of a GPT")
-    prune.add_argument("--sparsity", type=float, required=True, help="fraction to remove, e.g. 0.5")
-    prune.add_argument("--structured", choices=runs.STRUCTURES, help="remove heads or neurons")
+    prune.add_argument("run", type=Path, nargs="?", help="run directory of a GPT")
+    prune.add_argument("--sparsity", type=float, help="fraction to remove, e.g. 0.5 (required)")
+    prune.add_argument("--structured", choices=("heads", "neurons"), help="remove heads or neurons")
     prune.add_argument("--finetune-steps", type=int, default=0, help="recovery steps (default 0)")
     prune.add_argument("--data", type=Path, help="prepared data to recover on (default: the run's)")
     prune.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate")
-    _add_out(prune)
+    _add_out(prune, resumable=True)
     quantize = how.add_parser(
         "quantize",
         help="int8 weights for every linear layer (CPU)",
@@ -146,13 +63,13 @@ def add_compress(verbs: argparse._SubParsersAction) -> None:
         "alpha·T²·KL(teacher‖student at temperature T) + (1-alpha)·cross-entropy. Teacher and "
         "student share the teacher's tokenizer: prepare --data with it.",
     )
-    distill.add_argument("--teacher", type=Path, required=True, help="teacher run directory")
-    distill.add_argument("--student-config", type=Path, required=True, help="student YAML")
-    distill.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    distill.add_argument("--teacher", type=Path, help="teacher run directory (required)")
+    distill.add_argument("--student-config", type=Path, help="student YAML (required)")
+    distill.add_argument("--data", type=Path, help="prepared data directory (required)")
     distill.add_argument("--temperature", type=float, default=2.0, help="softmax T (default 2)")
     distill.add_argument("--alpha", type=float, default=0.5, help="soft-target weight (0.5)")
     distill.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    _add_out(distill)
+    _add_out(distill, resumable=True)
     report = how.add_parser(
         "report",
         help="table and PNG: size, parameters, perplexity, bits/byte, speed",
@@ -166,14 +83,52 @@ def add_compress(verbs: argparse._SubParsersAction) -> None:
     report.add_argument("--json", action="store_true", help="print the rows as one JSON list")
 
 
-def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+def _add_out(p: argparse.ArgumentParser, resumable: bool = False) -> None:
+    p.add_argument("--out", type=Path, required=not resumable, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    if resumable:  # these train through the session: checkpointed, resumable, distributable
+        p.add_argument(
+            "--resume",
+            type=Path,
+            metavar="RUN",
+            help="continue the training of this run from its newest checkpoint, exactly",
+        )
+        add_nproc(p)
+
+
+def _check_flags(args: argparse.Namespace, required: tuple[str, ...]) -> None:
+    """Flags needed unless --resume RUN (which reads them from the run)."""
+    if args.resume is not None:
+        given = [name for name in required if getattr(args, name) is not None]
+        if given:
+            flag = given[0].replace("_", "-")
+            raise LMForgeError(f"--resume RUN takes the run's own settings; drop --{flag}")
+        return
+    for name in required:
+        if getattr(args, name) is None:
+            flag = "RUN" if name == "run" else "--" + name.replace("_", "-")
+            raise LMForgeError(f"compress {args.method} needs {flag} (or --resume RUN)")
+
+
+_REQUIRED = {
+    "prune": ("run", "sparsity", "out"),
+    "distill": ("teacher", "student_config", "data", "out"),
+}
 
 
 def run_compress(args: argparse.Namespace) -> None:
-    if args.method == "prune":
-        summary = runs.prune_run(
+    from lmforge.jobs import compress
+
+    if args.method in ("prune", "distill"):
+        _check_flags(args, _REQUIRED[args.method])
+        if started_workers(args):
+            return
+    if args.method == "prune" and args.resume is not None:
+        summary = compress.resume_prune(args.resume)
+        if summary.get("is_main", True):
+            print(f"recovered {summary['out']}: parameters {summary['params_after']:,}")
+    elif args.method == "prune":
+        summary = compress.prune_run(
             args.run,
             args.out,
             args.sparsity,
@@ -183,6 +138,8 @@ def run_compress(args: argparse.Namespace) -> None:
             args.lr,
             args.overwrite,
         )
+        if not summary.get("is_main", True):
+            return
         zeros = summary["zero_fraction_by_layer"]["total"]
         print(
             f"pruned {args.run} -> {args.out}: {summary['method']}, parameters "
@@ -190,7 +147,7 @@ def run_compress(args: argparse.Namespace) -> None:
             f"{zeros:.1%} of block weights zero"
         )
     elif args.method == "quantize":
-        summary = runs.quantize_run(args.run, args.out, args.overwrite)
+        summary = compress.quantize_run(args.run, args.out, args.overwrite)
         print(
             f"quantized {args.run} -> {args.out}: {summary['scheme']}, {summary['layers']} "
             f"layers, model file {summary['model_bytes_before'] / 1e6:.2f} MB -> "
@@ -198,8 +155,12 @@ def run_compress(args: argparse.Namespace) -> None:
             f"run directory {summary['run_bytes_before'] / 1e6:.2f} MB -> "
             f"{summary['run_bytes_after'] / 1e6:.2f} MB"
         )
+    elif args.method == "distill" and args.resume is not None:
+        summary = compress.resume_distill(args.resume, args.set)
+        if summary["is_main"]:
+            print(f"distilled -> {args.resume}: val loss {summary['last_val_loss']:.4f}")
     elif args.method == "distill":
-        summary = runs.distill_run(
+        summary = compress.distill_run(
             args.teacher,
             args.student_config,
             args.data,
@@ -209,9 +170,12 @@ def run_compress(args: argparse.Namespace) -> None:
             args.alpha,
             args.overwrite,
         )
-        print(f"distilled {args.teacher} -> {args.out}: val loss {summary['last_val_loss']:.4f}")
+        if summary["is_main"]:
+            print(
+                f"distilled {args.teacher} -> {args.out}: val loss {summary['last_val_loss']:.4f}"
+            )
     else:
-        rows = runs.compress_report(args.runs, args.text, args.plot, args.stride)
+        rows = compress.compress_report(args.runs, args.text, args.plot, args.stride)
         print(json.dumps(rows) if args.json else format_report(rows) + f"\nplot: {args.plot}")
 
 

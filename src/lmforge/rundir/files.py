@@ -68,3 +68,11 @@ def staged_directory(out: Path, overwrite: bool) -> Iterator[Path]:
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file to score, with the usual clear errors."""
+    text = read_utf8(path, "text file")
+    if not text.strip():
+        raise DataError(f"{path} is empty; give a held-out text to score")
+    return text

@@ -16,12 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.errors import CheckpointError
-from lmforge.files import write_text_atomic
 from lmforge.model.lora import adapter_state_dict, add_lora
-
-ADAPTER_FILE = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-MODEL_FILE = "model.safetensors"
+from lmforge.rundir.files import write_text_atomic
+from lmforge.rundir.layout import ADAPTER_CONFIG, ADAPTER_FILE, MODEL_FILE
 
 
 def is_adapter_run(run_dir: Path) -> bool:

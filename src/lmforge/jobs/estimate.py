@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import RunConfig
 from lmforge.errors import ConfigError
+from lmforge.rundir.load import build_model
 
 GIB = 2**30
 
@@ -28,7 +28,7 @@ def count_parameters(cfg: RunConfig) -> tuple[int, float]:
     if cfg.model.vocab_size <= 0:
         raise ConfigError("set model.vocab_size (e.g. --set model.vocab_size=50257) to estimate")
     with torch.device("meta"):
-        model = ckpt.build_model(cfg)
+        model = build_model(cfg)
     return model.num_params(), float(model.flops_per_token())
 
 

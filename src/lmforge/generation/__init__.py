@@ -1,0 +1,1 @@
+"""Text generation: logit processors, the KV-cached decoding loop, beam search."""

@@ -1,0 +1,1 @@
+"""The wiring layer: one module per command, each returning what it did."""

@@ -1,0 +1,139 @@
+"""What `lmforge evaluate --text` and `--classify` do: score a run on a file the user gives."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+
+from lmforge.config import (
+    SamplingConfig,
+)
+from lmforge.data.classify import (
+    classification_batches,
+    encode_examples,
+    read_examples,
+)
+from lmforge.data.sft import (
+    Pair,
+    read_pairs,
+)
+from lmforge.data.shards import TokenShards
+from lmforge.errors import ConfigError, DataError, LMForgeError
+from lmforge.evaluate import (
+    Perplexity,
+    TextScore,
+    classification_metrics,
+    format_classification_report,
+    format_confusion_matrix,
+    predict_logits,
+    score_text,
+    split_perplexity,
+)
+from lmforge.generation.loop import generate, require_causal_lm
+from lmforge.plots import plot_confusion_matrix, plot_position_loss
+from lmforge.rundir.files import read_text
+from lmforge.rundir.load import load_classifier, load_run
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_text(
+    run_dir: Path, text_file: Path, stride: int | None = None, plot: Path | None = None
+) -> tuple[TextScore, Path | None]:
+    """Loss, perplexity and bits per byte of a causal LM on a UTF-8 text (sliding windows).
+
+    The text is scored as one document after <|endoftext|>, so every one of its tokens counts;
+    the loss-by-position curve goes to `plot` when given.
+    """
+    cfg, model, tokenizer = load_run(run_dir)
+    require_causal_lm(model)
+    text = read_text(text_file)
+    window = cfg.model.block_size
+    if stride is not None and not 1 <= stride <= window:
+        raise ConfigError(f"--stride must be between 1 and the context ({window}); got {stride}")
+    ids = [tokenizer.eot_id, *tokenizer.encode(text)]
+    score = score_text(model, ids, len(text.encode("utf-8")), window, stride)
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_position_loss(score.position_loss, plot)
+    return score, plot
+
+
+def evaluate_classifier(
+    run_dir: Path,
+    data_file: Path,
+    batch_size: int = 32,
+    plot: Path | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy, macro P/R/F1 and the confusion matrix of a fine-tuned classifier (or of the
+    head `task` of a multitask run) on a labelled file with the columns it was tuned on."""
+    if batch_size < 1:
+        raise LMForgeError("--batch-size must be >= 1")
+    cfg, model, tokenizer, labels = load_classifier(run_dir, task)
+    ft = cfg.finetune
+    examples = read_examples(
+        data_file, ft.text_column, ft.label_column, ft.text_pair_column or None, "test"
+    )
+    enc = encode_examples(examples, tokenizer, cfg.model.arch, cfg.model.block_size, labels, "test")
+    if note := enc.truncation_note():
+        log.warning("warning: %s (model.block_size)", note)
+    logits, targets = predict_logits(model, classification_batches(enc, batch_size))
+    metrics = classification_metrics(logits.argmax(1), targets, len(labels))
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion_matrix(metrics["confusion_matrix"], labels, plot)
+    return {
+        "metrics": metrics,
+        "labels": labels,
+        "truncated": enc.truncated,
+        "confusion_table": format_confusion_matrix(metrics["confusion_matrix"], labels),
+        "report": format_classification_report(metrics, labels),
+    }
+
+
+def evaluate(run_dir: Path, data_dir: Path | None, split: str = "val") -> Perplexity:
+    """Perplexity of a run's model over a whole split of a prepared data directory."""
+    cfg, model, tokenizer = load_run(run_dir)
+    if cfg.model.arch != "gpt":
+        raise LMForgeError(
+            f"{run_dir} holds a {cfg.model.arch}: perplexity needs a causal GPT; its masked-LM "
+            "and NSP accuracy are in metrics.jsonl"
+        )
+    shards = TokenShards(data_dir or cfg.data.dir)
+    if shards.meta["tokenizer_sha256"] != tokenizer.sha256():
+        raise DataError(f"{shards.directory} was tokenized with another tokenizer than {run_dir}")
+    if split not in shards.arrays:
+        raise DataError(f"unknown split {split!r}; use train or val")
+    shards.check_fits(split, cfg.model.block_size + 1)
+    return split_perplexity(model, shards, split, cfg.model.block_size)
+
+
+def score_generation(
+    run_dir: Path, pairs: list[Pair], max_new_tokens: int | None = None, batch_size: int = 8
+) -> dict[str, Any]:
+    """Greedy completions of every prompt against the references: exact match, BLEU, chrF."""
+    _, model, tokenizer = load_run(run_dir)
+    longest = max(len(tokenizer.encode(p.completion)) for p in pairs)
+    limit = max_new_tokens or min(2 * longest + 8, model.cfg.block_size - 1)
+    sampling = SamplingConfig(max_new_tokens=limit, temperature=0)
+    prompts = [p.prompt for p in pairs]
+    outputs = list(generate(model, tokenizer, prompts, sampling, batch_size=batch_size))
+    references = [p.completion.strip() for p in pairs]
+    hypotheses = [o.strip() for o in outputs]
+    exact = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(pairs)
+    return {
+        "examples": len(pairs),
+        "exact_match": exact,
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "samples": [
+            {"prompt": p, "output": o} for p, o in zip(prompts[:3], hypotheses[:3], strict=True)
+        ],
+    }
+
+
+def evaluate_sft(run_dir: Path, file: Path, skip_bad_lines: bool = False) -> dict[str, Any]:
+    """`lmforge evaluate RUN --sft FILE`: generation scores on a JSONL of pairs."""
+    return score_generation(run_dir, read_pairs(file, skip_bad_lines))

@@ -1,0 +1,70 @@
+"""`lmforge prepare`: corpus -> cleaned documents -> tokenizer -> train/val token shards."""
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.corpus import stream_corpus
+from lmforge.data.shards import replace_directory, write_shards
+from lmforge.errors import DataError
+from lmforge.rundir import layout
+from lmforge.rundir.files import check_output_dir
+from lmforge.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrepareOptions:
+    inputs: list[str]
+    out: Path
+    tokenizer: str = "bpe"
+    vocab_size: int = 8192
+    val_fraction: float = 0.1
+    min_chars: int = 16
+    encoding_errors: str = "strict"
+    tokenizer_file: Path | None = None
+    overwrite: bool = False
+    lowercase: bool = True  # wordpiece only: lowercase and strip accents, as uncased BERT
+
+
+def prepare(opts: PrepareOptions) -> dict[str, Any]:
+    """Corpus -> cleaned documents -> tokenizer -> train/val token shards in opts.out."""
+    if not 0 <= opts.val_fraction < 1:
+        raise DataError("--val-fraction must be in [0, 1)")
+    check_output_dir(opts.out, opts.overwrite)
+    corpus = lambda: stream_corpus(opts.inputs, opts.min_chars, opts.encoding_errors)  # noqa: E731
+    documents, report = corpus()
+    texts = (d.text for d in documents)
+    if opts.tokenizer_file:
+        tokenizer = Tokenizer.load(opts.tokenizer_file)
+        sum(1 for _ in texts)  # one pass for the report
+    elif opts.tokenizer == "char":
+        tokenizer = Tokenizer.train_char(texts)
+    elif opts.tokenizer == "bpe":
+        tokenizer = Tokenizer.train_bpe(texts, opts.vocab_size)
+    elif opts.tokenizer == "wordpiece":
+        tokenizer = Tokenizer.train_wordpiece(texts, opts.vocab_size, lowercase=opts.lowercase)
+    else:
+        raise DataError(f"unknown --tokenizer {opts.tokenizer!r}; use bpe, wordpiece or char")
+    if report.documents_out == 0:
+        raise DataError(
+            f"empty corpus after cleaning: {report.documents_in} documents read, "
+            f"{report.too_short} shorter than --min-chars {opts.min_chars}, "
+            f"{report.duplicates} duplicates; give more text or lower --min-chars"
+        )
+    log.info("corpus: %s", report.summary())
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=opts.out.parent, prefix=f".{opts.out.name}."))
+    try:
+        tokenizer.save(tmp / layout.TOKENIZER_FILE)
+        documents, _ = corpus()
+        meta = write_shards(documents, tokenizer, tmp, opts.val_fraction)
+        replace_directory(tmp, opts.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"report": report.to_dict(), **meta}

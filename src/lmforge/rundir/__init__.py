@@ -1,0 +1,1 @@
+"""Run directories: file names, atomic writes, checkpoints, loading a run."""

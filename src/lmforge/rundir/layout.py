@@ -1,0 +1,44 @@
+"""Every file name inside a run directory, defined once.
+
+A run directory is what `pretrain`, `finetune`, `compress` and `import hf` write and what every
+command that reads a model takes:
+
+    config.json            the resolved config (--resume and load_run read only this)
+    tokenizer.json         the tokenizer the model was trained with
+    model.safetensors      the newest weights (a classifier: its best epoch's)
+    adapter.safetensors    LoRA adapters only, with adapter_config.json naming the base run
+    metrics.jsonl, loss.png                  training and evaluation records, and their plot
+    trainer_state/state.pt, state.json       progress, optimizer and RNG state of the newest step
+    checkpoints/step_NNNNNNN/                the last train.keep_last complete checkpoints
+    best/                  the weights of the best evaluation (train.best_metric)
+    labels.json · tasks.json · confusion_matrix.png    classifiers
+    chat_template.json     how `finetune sft` rendered chat messages
+    quantization.json + model.int8.safetensors · pruning.json · distillation.json   compressed
+"""
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_FILE = "model.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+STATE_DIR = "trainer_state"
+STATE_FILE = "state.pt"
+STATE_JSON = "state.json"
+OPTIMIZER_DIR = "optimizer"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+LABELS_FILE = "labels.json"
+TASKS_FILE = "tasks.json"
+CONFUSION_PLOT = "confusion_matrix.png"
+CHAT_TEMPLATE_FILE = "chat_template.json"
+QUANTIZATION_FILE = "quantization.json"
+QUANTIZED_WEIGHTS = "model.int8.safetensors"
+PRUNING_FILE = "pruning.json"
+DISTILLATION_FILE = "distillation.json"  # a distilled student's teacher, T and alpha
+
+
+def checkpoint_name(step: int) -> str:
+    """checkpoints/step_0000120: zero-padded so that names sort by step."""
+    return f"step_{step:07d}"
