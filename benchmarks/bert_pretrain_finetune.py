@@ -43,12 +43,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import eval_jobs, jobs, training
 from lmforge.config import load_config
 from lmforge.data.batches import step_generator
 from lmforge.data.mlm import BertVocab, mlm_batch
 from lmforge.data.shards import TokenShards
+from lmforge.jobs import evaluate as eval_jobs
+from lmforge.jobs import finetune as finetune_job
+from lmforge.jobs.prepare import PrepareOptions, prepare
+from lmforge.jobs.pretrain import pretrain
 from lmforge.rundir.load import load_run
+from lmforge.train.evaluators import encoder_metrics
 
 LIBRARIES = ("numpy", "scipy", "matplotlib", "sklearn", "torch")
 SKIPPED_PARTS = frozenset({"tests", "test", "testing", "_vendor", "externals", "benchmarks"})
@@ -67,14 +71,14 @@ def log(message: str) -> None:
 def prepare_corpus(work: Path, vocab_size: int) -> Path:
     data = work / "data"
     if not (data / "meta.json").is_file():
-        opts = jobs.PrepareOptions(
+        opts = PrepareOptions(
             inputs=["builtin:python-docs"],
             out=data,
             tokenizer="wordpiece",
             vocab_size=vocab_size,
             overwrite=True,
         )
-        jobs.prepare(opts)
+        prepare(opts)
     return data
 
 
@@ -102,7 +106,7 @@ def calibrate(work: Path, data: Path, seed: int, steps: int = 40) -> tuple[float
     sets.append(f"train.eval_interval={steps}")
     run = work / "calibration"
     start = time.perf_counter()
-    jobs.pretrain(load_config(CONFIG, sets), run, overwrite=True)
+    pretrain(load_config(CONFIG, sets), run, overwrite=True)
     total = time.perf_counter() - start
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     seen = [0] + [r["tokens_seen"] for r in records if "tokens_per_s" in r]
@@ -145,7 +149,7 @@ def mlm_figures(run: Path, data: Path, batches: int = 40) -> dict[str, float]:
         mlm_batch(corpus, 32, cfg.model.block_size, step_generator(99, 7, i), vocab)
         for i in range(batches)
     ]
-    metrics = training.encoder_metrics(model, val)
+    metrics = encoder_metrics(model, val)
     hits = {rule: {kind: 0 for kind in KINDS} for rule in ("model", "copy_else_unigram", "unigram")}
     totals = dict.fromkeys(KINDS, 0)
     for batch in val:
@@ -286,7 +290,8 @@ def finetune(
         "label_column": "label",
     }
     start = time.perf_counter()
-    summary = jobs.finetune(base, None, sets, inputs, out, overwrite=True)
+    cfg = finetune_job.resolve("classify", base, None, sets, inputs)
+    summary = finetune_job.finetune_classify(cfg, out, overwrite=True)
     seconds = time.perf_counter() - start
     test = eval_jobs.evaluate_classifier(out, files[2])
     print(test["report"], file=sys.stderr)
@@ -347,7 +352,7 @@ def main() -> None:
     log(f"{step_s:.2f} s/step, {eval_s:.1f} s/eval -> {max_steps} steps in {args.minutes} min")
     run = args.work / "bert-mini"
     start = time.perf_counter()
-    jobs.pretrain(load_config(CONFIG, pretrain_sets(data, max_steps, args.seed)), run, True)
+    pretrain(load_config(CONFIG, pretrain_sets(data, max_steps, args.seed)), run, True)
     pretrain_minutes = (time.perf_counter() - start) / 60
     mlm = mlm_figures(run, data)
     log(json.dumps(mlm))

@@ -30,12 +30,11 @@ from lmforge.compress.prune import (
     magnitude_prune,
     make_permanent,
     prune_heads,
-    recover,
     sparsity_by_layer,
 )
 from lmforge.compress.quantize import linear_weight_bytes, model_bytes, quantize_int8
-from lmforge.config import SamplingConfig
-from lmforge.data.batches import clm_batch, step_generator
+from lmforge.config import SamplingConfig, TrainConfig
+from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.shards import TokenShards
 from lmforge.evaluate import split_perplexity
 from lmforge.generation.loop import generate_batch_tokens
@@ -44,6 +43,8 @@ from lmforge.model.onednn import packed_linears
 from lmforge.rundir import layout
 from lmforge.rundir.load import load_run
 from lmforge.train.objectives import clm_loss
+from lmforge.train.optim import build_optimizer
+from lmforge.train.trainer import Trainer
 from train_shakespeare_char import matmul_gflops  # a sibling script: the calibration matmul
 
 
@@ -69,12 +70,25 @@ def score_speed(model: nn.Module, windows: torch.Tensor) -> float:
 
 
 def recovered(model: nn.Module, shards: TokenShards, steps: int, block: int) -> list[float]:
-    def batches():
-        for step in range(steps):
-            generator = step_generator(1234, step)
-            yield clm_batch(shards.sample_windows("train", 16, block + 1, generator))
+    """Recovery steps as `compress prune --finetune-steps` runs them (the one Trainer, a constant
+    lr of 1e-4, gradients clipped at 1); the training loss of every step."""
+    cfg = TrainConfig(
+        max_steps=steps, lr=1e-4, min_lr=1e-4, warmup_steps=0, grad_clip=1.0, progress=False
+    )
+    losses: list[float] = []
 
-    return recover(model, batches(), steps, clm_loss, lr=1e-4)
+    def loss(m: nn.Module, batch: Batch) -> torch.Tensor:
+        value = clm_loss(m, batch)
+        losses.append(value.item())
+        return value
+
+    def batch(step: int, micro: int) -> Batch:
+        generator = step_generator(1234, step)
+        return clm_batch(shards.sample_windows("train", 16, block + 1, generator))
+
+    Trainer(model.train(), build_optimizer(model, cfg), batch, cfg, loss).fit()
+    model.eval()
+    return losses
 
 
 def variants(model: nn.Module, shards: TokenShards, block: int, steps: int) -> dict:

@@ -16,7 +16,7 @@
    torch, ~245 MB).
 2. Accuracy, on the classification task of benchmarks/bert_pretrain_finetune.py ("which
    library does this docstring come from?", its train/validation/test split by source file):
-   `lmforge finetune classify` (`jobs.finetune`) of the same pretrained BERT-mini, full (each lr
+   `lmforge finetune classify` of the same pretrained BERT-mini, full (each lr
    of --full-lr) and with LoRA r 8 on q, k, v, o, fc, down plus the classifier head (each lr of
    --lora-lr), same epochs and seed. Each side gets the same search: the validation split picks
    its lr and epoch, and the test split is scored once, on the picks. The
@@ -180,7 +180,7 @@ def efficiency(args: argparse.Namespace) -> dict:
 def pretrained_base(args: argparse.Namespace) -> tuple[Path, str]:
     """The BERT-mini run to fine-tune, and where it came from."""
     from bert_pretrain_finetune import CONFIG, prepare_corpus, pretrain_sets  # a sibling script
-    from lmforge import jobs
+    from lmforge.jobs.pretrain import pretrain
 
     if args.base is not None:
         return args.base, "given with --base"
@@ -189,7 +189,7 @@ def pretrained_base(args: argparse.Namespace) -> tuple[Path, str]:
     data = prepare_corpus(args.work, 8192)
     steps = args.pretrain_steps
     run = args.work / "bert-mini"
-    jobs.pretrain(load_config(CONFIG, pretrain_sets(data, steps, args.seed)), run, True)
+    pretrain(load_config(CONFIG, pretrain_sets(data, steps, args.seed)), run, True)
     return run, f"pretrained here for {steps} steps (configs/bert-mini.yaml)"
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from lmforge.jobs import generate as generate_job
 from lmforge.cli.generate import unescape
 from lmforge.cli.main import main
 from lmforge.config import SamplingConfig
+from lmforge.jobs import generate as generate_job
 from lmforge.rundir.load import load_run
 
 from .conftest import assert_user_error, run_cli
