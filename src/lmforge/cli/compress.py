@@ -41,6 +41,13 @@ def add_compress(verbs: argparse._SubParsersAction) -> None:
     prune.add_argument("--finetune-steps", type=int, default=0, help="recovery steps (default 0)")
     prune.add_argument("--data", type=Path, help="prepared data to recover on (default: the run's)")
     prune.add_argument("--lr", type=float, default=1e-4, help="recovery learning rate")
+    prune.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recovery setting (train.* or dist.*), e.g. --set train.batch_size=8",
+    )
     _add_out(prune, resumable=True)
     quantize = how.add_parser(
         "quantize",
@@ -137,6 +144,7 @@ def run_compress(args: argparse.Namespace) -> None:
             args.data,
             args.lr,
             args.overwrite,
+            args.set,
         )
         if not summary.get("is_main", True):
             return

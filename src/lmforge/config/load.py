@@ -200,12 +200,14 @@ def finetune_config(
     model = {**to_dict(base.model), **model_overrides(user)}
     finetune = {**(user.get("finetune") or {}), **flags, "base": str(base_dir)}
     lora = user.get("lora") or {}
+    dist = user.get("dist") or {}  # torchrun: dist.strategy=ddp (or fsdp)
     if task in ("lm", "sft"):
         if base.model.arch != "gpt" or base.train.objective != "clm":
             raise ConfigError(f"{base_dir} is not a GPT language model; finetune {task} needs one")
         train = {**to_dict(base.train), **LM_TRAIN_DEFAULTS, **(user.get("train") or {})}
         data = {"model": model, "train": {**train, "objective": "clm"}, "finetune": finetune}
-        return from_dict(RunConfig, {**data, "data": user.get("data") or {}, "lora": lora})
+        extra = {"data": user.get("data") or {}, "lora": lora, "dist": dist}
+        return from_dict(RunConfig, {**data, **extra})
     if base.train.objective == "classify":
         raise ConfigError(
             f"{base_dir} is already a classifier; fine-tune a pretrained run (lmforge pretrain "
@@ -221,7 +223,7 @@ def finetune_config(
     if user.get("data"):
         raise ConfigError("data.* is not used when fine-tuning; give --train and --valid files")
     train = {**_CLASSIFY_TRAIN_DEFAULTS, **train}
-    data = {"model": model, "train": train, "finetune": finetune, "lora": lora}
+    data = {"model": model, "train": train, "finetune": finetune, "lora": lora, "dist": dist}
     return from_dict(RunConfig, data)
 
 

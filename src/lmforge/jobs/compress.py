@@ -110,7 +110,11 @@ def _recovery_config(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
         patience=0,
         best_metric="val_loss",
     )
-    return replace(cfg, train=train, data=replace(cfg.data, dir=settings["data_dir"]))
+    cfg = replace(cfg, train=train, data=replace(cfg.data, dir=settings["data_dir"]))
+    sets = settings.get("sets", [])
+    if any(not s.strip().startswith(("train.", "dist.")) for s in sets):
+        raise ConfigError("compress prune --set takes train.* and dist.* keys (the recovery's)")
+    return resume_config(cfg, sets)  # the model stays as pruned
 
 
 def prune_run(
@@ -122,6 +126,7 @@ def prune_run(
     data_dir: Path | None = None,
     lr: float = 1e-4,
     overwrite: bool = False,
+    sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Prune a GPT run (magnitude, or whole heads / neurons), optionally fine-tune to recover
     (through the training session: checkpointed, resumable with resume_prune)."""
@@ -142,6 +147,7 @@ def prune_run(
         "finetune_steps": finetune_steps,
         "lr": lr,
         "data_dir": str(source) if source else "",
+        "sets": list(sets or []),  # train.*/dist.* overrides of the recovery
     }
     if not finetune_steps:
         cfg, model, tokenizer = _pruned(run_dir, settings)
@@ -208,7 +214,8 @@ def _finish_pruning(
     ckpt.save_weights(model, directory / layout.MODEL_FILE)
     record = {**report, "settings": settings, "finished": True}
     write_text_atomic(directory / PRUNING_FILE, json.dumps(record, indent=2))
-    return {"out": str(out), **report}
+    steps = summary["steps"] if summary else 0  # recovery steps trained
+    return {"out": str(out), "steps": steps, **report}
 
 
 # ---------------------------------------------------------------- report
