@@ -105,24 +105,32 @@ def sft_sources(cfg: RunConfig, train: list[Encoded], valid: list[Encoded], pad_
     return train_batch, lambda: val[: cfg.train.eval_batches] or val
 
 
-def _draw_task(probs: torch.Tensor, generator: torch.Generator) -> int:
-    return int(torch.multinomial(probs, 1, generator=generator))
+TaskPicker = Callable[[int, int], tuple[int, torch.Generator]]
 
 
-def task_of_step(probs: torch.Tensor, seed: int, step: int, micro: int) -> int:
-    """The task index task_sampler draws for (step, micro), without building the batch."""
-    return _draw_task(probs, step_generator(seed, TASK_SEED_KEY, step, micro))
+def task_picker(tasks: list[Task], seed: int, temperature: float) -> TaskPicker:
+    """(step, micro) -> (index of the task that micro-batch trains, its generator, which then
+    draws the rows): task i with probability p_i ∝ n_i^(1/T)."""
+    probs = task_probabilities([len(t.train) for t in tasks], temperature)
+
+    def pick(step: int, micro: int) -> tuple[int, torch.Generator]:
+        generator = step_generator(seed, TASK_SEED_KEY, step, micro)
+        return int(torch.multinomial(probs, 1, generator=generator)), generator
+
+    return pick
 
 
 def task_sampler(
     tasks: list[Task], batch_size: int, seed: int, temperature: float
 ) -> Callable[[int, int], Batch]:
     """(step, micro) -> a batch of one task, both drawn from a generator seeded by the step."""
-    probs = task_probabilities([len(t.train) for t in tasks], temperature)
+    return _sampler(tasks, batch_size, task_picker(tasks, seed, temperature))
 
+
+def _sampler(tasks: list[Task], batch_size: int, pick: TaskPicker) -> Callable[[int, int], Batch]:
     def batch(step: int, micro: int) -> Batch:
-        generator = step_generator(seed, TASK_SEED_KEY, step, micro)
-        task = tasks[_draw_task(probs, generator)]
+        index, generator = pick(step, micro)
+        task = tasks[index]
         size = min(batch_size, len(task.train))
         rows = torch.randperm(len(task.train), generator=generator)[:size].tolist()
         return replace(pad_batch(task.train, rows), task=task.name)
@@ -130,13 +138,29 @@ def task_sampler(
     return batch
 
 
+def _run_picker(cfg: RunConfig, tasks: list[Task]) -> TaskPicker:
+    """The task draws of a multitask run: what it trains and what it reports come from here."""
+    return task_picker(tasks, cfg.train.seed, cfg.finetune.task_temperature)
+
+
 def multitask_sources(cfg: RunConfig, tasks: list[Task]) -> Sources:
     """One task per step (p_i ∝ n_i^(1/T)) and every task's validation batches, each tagged
     with its task."""
     size = cfg.train.batch_size
-    train = task_sampler(tasks, size, cfg.train.seed, cfg.finetune.task_temperature)
+    train = _sampler(tasks, size, _run_picker(cfg, tasks))
     valid = [replace(b, task=t.name) for t in tasks for b in classification_batches(t.valid, size)]
     return train, lambda: valid
+
+
+def batches_per_task(cfg: RunConfig, tasks: list[Task], steps: int) -> dict[str, int]:
+    """How many training batches each task got in `steps` optimizer steps, replayed from the
+    seeded draws (so a resumed run reports its whole history)."""
+    pick = _run_picker(cfg, tasks)
+    drawn = dict.fromkeys((t.name for t in tasks), 0)
+    for step in range(steps):
+        for micro in range(cfg.train.grad_accum):
+            drawn[tasks[pick(step, micro)[0]].name] += 1
+    return drawn
 
 
 def classification_sources(cfg: RunConfig, data: ClassificationData) -> Sources:

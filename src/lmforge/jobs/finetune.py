@@ -35,15 +35,14 @@ from lmforge.data.classify import (
     load_task,
     read_task_spec,
     save_label_map,
-    task_probabilities,
 )
 from lmforge.data.sft import CHAT_TEMPLATE, ROLES, encode_pairs, read_pairs
 from lmforge.data.sources import (
+    batches_per_task,
     classification_sources,
     multitask_sources,
     open_data,
     sft_sources,
-    task_of_step,
 )
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.evaluate import (
@@ -256,7 +255,7 @@ def _multitask(
     if not summary["is_main"]:
         return summary
     best = _keep_best_weights(out, summary)
-    drawn = batches_per_task(tasks, cfg, summary["steps"])
+    drawn = batches_per_task(cfg, tasks, summary["steps"])
     return {**summary, "best": best, "tasks": list(specs), "batches_per_task": drawn}
 
 
@@ -290,17 +289,6 @@ def _keep_best_weights(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]
     tmp.replace(run_dir / layout.MODEL_FILE)
     (run_dir / layout.ADAPTER_FILE).unlink(missing_ok=True)
     return best
-
-
-def batches_per_task(tasks: list[Task], cfg: RunConfig, steps: int) -> dict[str, int]:
-    """How many training batches each task got in steps optimizer steps (replayed from the
-    seeded draws, so a resumed run reports its whole history)."""
-    probs = task_probabilities([len(t.train) for t in tasks], cfg.finetune.task_temperature)
-    drawn = dict.fromkeys((t.name for t in tasks), 0)
-    for step in range(steps):
-        for micro in range(cfg.train.grad_accum):
-            drawn[tasks[task_of_step(probs, cfg.train.seed, step, micro)].name] += 1
-    return drawn
 
 
 # ---------------------------------------------------------------- lm and sft

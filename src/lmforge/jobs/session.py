@@ -250,23 +250,23 @@ def _layout(cfg: RunConfig, ctx: DistContext) -> dict[str, int]:
 def same_global_batch(cfg: RunConfig, saved: dict[str, Any], world_size: int) -> RunConfig:
     """Resuming on another number of processes: split the same global batch over them (unless
     train.batch_size was changed too), so the run continues with the same batches."""
-    layout_ = saved.get("dist")  # None: a new run, or a checkpoint older than this record
-    if layout_ is None or layout_["world_size"] == world_size:
+    split = saved.get("dist")  # None: a new run, or a checkpoint older than this record
+    if split is None or split["world_size"] == world_size:
         return cfg
-    if cfg.train.batch_size != layout_["batch_size"]:
+    if cfg.train.batch_size != split["batch_size"]:
         return cfg
-    rows = layout_["world_size"] * layout_["batch_size"]
+    rows = split["world_size"] * split["batch_size"]
     if rows % world_size:
         raise ConfigError(
-            f"the run's global batch of {rows} rows ({layout_['world_size']} processes x "
-            f"{layout_['batch_size']}) does not split over {world_size} processes; resume on a "
+            f"the run's global batch of {rows} rows ({split['world_size']} processes x "
+            f"{split['batch_size']}) does not split over {world_size} processes; resume on a "
             "number of processes that divides it, or set train.batch_size"
         )
     log.info(
         "resuming a %d-process run on %d: train.batch_size %d -> %d keeps the global batch of %d",
-        layout_["world_size"],
+        split["world_size"],
         world_size,
-        layout_["batch_size"],
+        split["batch_size"],
         rows // world_size,
         rows,
     )
