@@ -19,6 +19,17 @@ from torch import nn
 from lmforge.config import ModelConfig, RunConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf_layout import (
+    HF_BIN_INDEX,
+    HF_BIN_WEIGHTS,
+    HF_CONFIG,
+    HF_GENERATION_CONFIG,
+    HF_MERGES,
+    HF_SPECIAL_TOKENS,
+    HF_TOKENIZER,
+    HF_VOCAB_JSON,
+    HF_VOCAB_TXT,
+    HF_WEIGHTS,
+    HF_WEIGHTS_INDEX,
     Rule,
     config_from_hf,
     config_to_hf,
@@ -40,13 +51,13 @@ from lmforge.rundir.load import build_model, check_vocab, load_run
 
 log = logging.getLogger(__name__)
 HUB_FILES = [
-    "config.json",
-    "generation_config.json",
+    HF_CONFIG,
+    HF_GENERATION_CONFIG,
     "tokenizer*",
-    "special_tokens_map.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
+    HF_SPECIAL_TOKENS,
+    HF_VOCAB_JSON,
+    HF_VOCAB_TXT,
+    HF_MERGES,
     "*.safetensors",
     "*.safetensors.index.json",
 ]
@@ -105,18 +116,17 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face model directory, in float32 where it is floating point."""
-    if (src / "model.safetensors").is_file():
-        files, loader = [src / "model.safetensors"], _load_safetensors
-    elif (src / "model.safetensors.index.json").is_file():
-        files, loader = _shard_files(src, "model.safetensors.index.json"), _load_safetensors
-    elif (src / "pytorch_model.bin").is_file():
-        files, loader = [src / "pytorch_model.bin"], _load_bin
-    elif (src / "pytorch_model.bin.index.json").is_file():
-        files, loader = _shard_files(src, "pytorch_model.bin.index.json"), _load_bin
+    if (src / HF_WEIGHTS).is_file():
+        files, loader = [src / HF_WEIGHTS], _load_safetensors
+    elif (src / HF_WEIGHTS_INDEX).is_file():
+        files, loader = _shard_files(src, HF_WEIGHTS_INDEX), _load_safetensors
+    elif (src / HF_BIN_WEIGHTS).is_file():
+        files, loader = [src / HF_BIN_WEIGHTS], _load_bin
+    elif (src / HF_BIN_INDEX).is_file():
+        files, loader = _shard_files(src, HF_BIN_INDEX), _load_bin
     else:
         raise CheckpointError(
-            f"{src} has no weights: expected model.safetensors (or a sharded index) or "
-            "pytorch_model.bin"
+            f"{src} has no weights: expected {HF_WEIGHTS} (or a sharded index) or {HF_BIN_WEIGHTS}"
         )
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
@@ -214,7 +224,7 @@ def model_from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """A Hugging Face GPT-2 / GPT-NeoX / BERT directory (or Hub id) -> an lmforge run directory."""
     src = resolve_source(source)
-    hf_config = _read_json(src / "config.json")
+    hf_config = _read_json(src / HF_CONFIG)
     model_type = model_type_of(hf_config)
     cfg = RunConfig(model=config_from_hf(hf_config))
     tokenizer = import_tokenizer(src, model_type)
@@ -261,13 +271,13 @@ def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
     generation = {f"{k}_token_id": v for k, v in ids.items()}
     if "eos" in ids:
         generation["pad_token_id"] = ids["eos"]
-    write_text_atomic(directory / "config.json", json.dumps(config_to_hf(cfg.model, ids), indent=2))
-    save_file(theirs, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save(directory / "tokenizer.json")
+    write_text_atomic(directory / HF_CONFIG, json.dumps(config_to_hf(cfg.model, ids), indent=2))
+    save_file(theirs, str(directory / HF_WEIGHTS), metadata={"format": "pt"})
+    tokenizer.save(directory / HF_TOKENIZER)
     for name, content in tokenizer_configs(tokenizer, cfg.model.block_size).items():
         write_text_atomic(directory / name, json.dumps(content, indent=2))
     if cfg.model.arch == "gpt":
-        write_text_atomic(directory / "generation_config.json", json.dumps(generation, indent=2))
+        write_text_atomic(directory / HF_GENERATION_CONFIG, json.dumps(generation, indent=2))
     return {"architecture": model_type, "params": model.num_params()}
 
 

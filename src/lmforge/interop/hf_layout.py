@@ -14,6 +14,24 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
 
+# The file names of a Hugging Face model directory and of a PEFT adapter: their formats, which
+# share some names with a run directory's (rundir/layout.py) but are not ours to rename.
+HF_CONFIG = "config.json"
+HF_GENERATION_CONFIG = "generation_config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_WEIGHTS_INDEX = "model.safetensors.index.json"
+HF_BIN_WEIGHTS = "pytorch_model.bin"
+HF_BIN_INDEX = "pytorch_model.bin.index.json"
+HF_TOKENIZER = "tokenizer.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_SPECIAL_TOKENS = "special_tokens_map.json"
+HF_VOCAB_JSON = "vocab.json"
+HF_VOCAB_TXT = "vocab.txt"
+HF_MERGES = "merges.txt"
+PEFT_DIR = "adapter"  # inside an export of an adapter run: the PEFT adapter
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
 SUPPORTED = ("gpt2", "gpt_neox", "bert")
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",

@@ -13,6 +13,14 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from lmforge.errors import CheckpointError
+from lmforge.interop.hf_layout import (
+    HF_MERGES,
+    HF_SPECIAL_TOKENS,
+    HF_TOKENIZER,
+    HF_TOKENIZER_CONFIG,
+    HF_VOCAB_JSON,
+    HF_VOCAB_TXT,
+)
 from lmforge.tokenizer import EOT, Tokenizer
 
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -31,19 +39,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 def import_tokenizer(src: Path, model_type: str) -> Tokenizer:
     """The tokenizer of a Hugging Face model directory."""
     settings = (
-        _read_json(src / "tokenizer_config.json")
-        if (src / "tokenizer_config.json").is_file()
-        else {}
+        _read_json(src / HF_TOKENIZER_CONFIG) if (src / HF_TOKENIZER_CONFIG).is_file() else {}
     )
-    if (src / "tokenizer.json").is_file():
+    if (src / HF_TOKENIZER).is_file():
         try:
-            backend = HFTokenizer.from_file(str(src / "tokenizer.json"))
+            backend = HFTokenizer.from_file(str(src / HF_TOKENIZER))
         except Exception as exc:  # the Rust side raises plain Exception
-            raise CheckpointError(f"cannot read {src / 'tokenizer.json'}: {exc}") from None
-    elif model_type == "bert" and (src / "vocab.txt").is_file():
-        backend = _wordpiece_from_vocab(src / "vocab.txt", settings)
-    elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
-        backend = _byte_bpe_from_files(src / "vocab.json", src / "merges.txt", settings)
+            raise CheckpointError(f"cannot read {src / HF_TOKENIZER}: {exc}") from None
+    elif model_type == "bert" and (src / HF_VOCAB_TXT).is_file():
+        backend = _wordpiece_from_vocab(src / HF_VOCAB_TXT, settings)
+    elif (src / HF_VOCAB_JSON).is_file() and (src / HF_MERGES).is_file():
+        backend = _byte_bpe_from_files(src / HF_VOCAB_JSON, src / HF_MERGES, settings)
     else:
         raise CheckpointError(
             f"{src} has no tokenizer: expected tokenizer.json, vocab.json + merges.txt (GPT-2) "
@@ -127,4 +133,4 @@ def tokenizer_configs(tokenizer: Tokenizer, max_length: int) -> dict[str, dict[s
     }
     if "cls_token" in roles:
         config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
-    return {"tokenizer_config.json": config, "special_tokens_map.json": roles}
+    return {HF_TOKENIZER_CONFIG: config, HF_SPECIAL_TOKENS: roles}

@@ -29,6 +29,9 @@ from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import write_hf_model
 from lmforge.interop.hf_layout import (
+    PEFT_CONFIG,
+    PEFT_DIR,
+    PEFT_WEIGHTS,
     Rule,
     export_model_type,
     full_name,
@@ -40,9 +43,6 @@ from lmforge.rundir.adapters import read_adapter_config
 from lmforge.rundir.files import staged_directory, write_text_atomic
 from lmforge.rundir.load import load_run
 
-ADAPTER_DIR = "adapter"
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped transformers model
 TASK_TYPES = {"gpt2": "CAUSAL_LM", "gpt_neox": "CAUSAL_LM", "bert": None}  # no PEFT BERT-PT task
 
@@ -145,12 +145,12 @@ def export_peft_adapter(run_dir: Path, out: Path, overwrite: bool = False) -> di
     settings = peft_config(record, model_type, target_modules(modules, model_type, cfg.model))
     with staged_directory(Path(out), overwrite) as tmp:
         summary = write_hf_model(Path(record["base_run"]), tmp)
-        (tmp / ADAPTER_DIR).mkdir()
-        write_text_atomic(tmp / ADAPTER_DIR / PEFT_CONFIG, json.dumps(settings, indent=2))
-        save_file(tensors, str(tmp / ADAPTER_DIR / PEFT_WEIGHTS), metadata={"format": "pt"})
+        (tmp / PEFT_DIR).mkdir()
+        write_text_atomic(tmp / PEFT_DIR / PEFT_CONFIG, json.dumps(settings, indent=2))
+        save_file(tensors, str(tmp / PEFT_DIR / PEFT_WEIGHTS), metadata={"format": "pt"})
     return {
         **summary,
         "out": str(out),
-        "adapter": str(Path(out) / ADAPTER_DIR),
+        "adapter": str(Path(out) / PEFT_DIR),
         "adapted_modules": len(modules),
     }
