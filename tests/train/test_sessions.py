@@ -296,3 +296,27 @@ def test_the_cli_resumes_each_verb_from_the_run_alone(
         assert failed.returncode == 2, (args, failed.stderr)
         assert needle in failed.stderr, (args, failed.stderr)
         assert "Traceback" not in failed.stderr
+
+
+def test_a_classifier_keeps_its_best_evaluation_not_its_last(tmp_path: Path) -> None:
+    """The run's model.safetensors becomes best/'s weights (and best's eval record is the one
+    reported); when no evaluation beat step 0, the newest weights stay, with a warning."""
+    from safetensors.torch import save_file
+    from torch import tensor
+
+    run = tmp_path / "run"
+    (run / layout.BEST_DIR).mkdir(parents=True)
+    save_file({"w": tensor([1.0])}, str(run / layout.BEST_DIR / layout.MODEL_FILE))
+    save_file({"w": tensor([2.0])}, str(run / layout.MODEL_FILE))
+    summary = {
+        "best_step": 4,
+        "best_metric": "val_accuracy",
+        "best_metrics": {"step": 4, "val_accuracy": 0.9},
+        "last_metrics": {"step": 8, "val_accuracy": 0.7},
+    }
+    never_improved = {**summary, "best_step": 0}
+    assert finetune._keep_best_weights(run, never_improved)["step"] == 8
+    assert load_file(str(run / layout.MODEL_FILE))["w"].item() == 2.0
+    assert finetune._keep_best_weights(run, summary)["val_accuracy"] == 0.9
+    assert load_file(str(run / layout.MODEL_FILE))["w"].item() == 1.0
+    assert load_file(str(run / layout.BEST_DIR / layout.MODEL_FILE))["w"].item() == 1.0

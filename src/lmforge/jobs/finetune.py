@@ -274,18 +274,26 @@ def _write_tasks(run_dir: Path, tasks: list[Task], specs: dict[str, dict[str, st
     write_text_atomic(run_dir / layout.TASKS_FILE, json.dumps(record, indent=2))
 
 
+def _weights_in(directory: Path) -> Path | None:
+    """The weights file a checkpoint mirror holds: adapters (LoRA runs) or the whole model."""
+    for name in (layout.ADAPTER_FILE, layout.MODEL_FILE):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
 def _keep_best_weights(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Make the best evaluation's weights the run's model.safetensors (the newest ones when no
-    evaluation beat the untrained heads at step 0); that evaluation's record."""
-    best_dir = run_dir / layout.BEST_DIR
-    weights = list(best_dir.glob("*.safetensors")) if best_dir.is_dir() else []
-    best = summary["best_metrics"]
-    if summary["best_step"] == 0 or not weights:
+    evaluation beat the untrained heads at step 0); that evaluation's record. A classifier run
+    keeps one weights file, as predict and evaluate --classify read it."""
+    best, weights = summary["best_metrics"], _weights_in(run_dir / layout.BEST_DIR)
+    if summary["best_step"] == 0 or weights is None:
         log.warning("warning: no epoch improved %s; kept the last weights", summary["best_metric"])
-        best = summary["last_metrics"]
-        weights = list(run_dir.glob("*.safetensors"))
+        best, weights = summary["last_metrics"], _weights_in(run_dir)
+    if weights is None:
+        raise CheckpointError(f"{run_dir} holds no weights; resume it or start it again")
     tmp = run_dir / f".{layout.MODEL_FILE}.tmp"
-    shutil.copyfile(weights[0], tmp)
+    shutil.copyfile(weights, tmp)
     tmp.replace(run_dir / layout.MODEL_FILE)
     (run_dir / layout.ADAPTER_FILE).unlink(missing_ok=True)
     return best
