@@ -130,61 +130,53 @@ def run_compress(args: argparse.Namespace) -> None:
         _check_flags(args, _REQUIRED[args.method])
         if started_workers(args):
             return
-    if args.method == "prune" and args.resume is not None:
-        summary = compress.resume_prune(args.resume)
-        if summary.get("is_main", True):
-            print(f"recovered {summary['out']}: parameters {summary['params_after']:,}")
-    elif args.method == "prune":
-        summary = compress.prune_run(
-            args.run,
-            args.out,
-            args.sparsity,
-            args.structured,
-            args.finetune_steps,
-            args.data,
-            args.lr,
-            args.overwrite,
-            args.set,
-        )
-        if not summary.get("is_main", True):
-            return
-        zeros = summary["zero_fraction_by_layer"]["total"]
-        print(
-            f"pruned {args.run} -> {args.out}: {summary['method']}, parameters "
-            f"{summary['params_before']:,} -> {summary['params_after']:,}, "
-            f"{zeros:.1%} of block weights zero"
-        )
+    if args.method == "prune":
+        _print_prune(compress.resume_prune(args.resume) if args.resume else _prune(args, compress))
     elif args.method == "quantize":
-        summary = compress.quantize_run(args.run, args.out, args.overwrite)
-        print(
-            f"quantized {args.run} -> {args.out}: {summary['scheme']}, {summary['layers']} "
-            f"layers, model file {summary['model_bytes_before'] / 1e6:.2f} MB -> "
-            f"{summary['model_bytes_after'] / 1e6:.2f} MB ({summary['shrink']:.2f}x smaller), "
-            f"run directory {summary['run_bytes_before'] / 1e6:.2f} MB -> "
-            f"{summary['run_bytes_after'] / 1e6:.2f} MB"
-        )
-    elif args.method == "distill" and args.resume is not None:
-        summary = compress.resume_distill(args.resume, args.set)
-        if summary["is_main"]:
-            print(f"distilled -> {args.resume}: val loss {summary['last_val_loss']:.4f}")
+        _print_quantize(args, compress.quantize_run(args.run, args.out, args.overwrite))
     elif args.method == "distill":
-        summary = compress.distill_run(
-            args.teacher,
-            args.student_config,
-            args.data,
-            args.out,
-            args.set,
-            args.temperature,
-            args.alpha,
-            args.overwrite,
-        )
-        if summary["is_main"]:
-            print(
-                f"distilled {args.teacher} -> {args.out}: val loss {summary['last_val_loss']:.4f}"
-            )
+        _print_distill(args.resume or args.out, _distill(args, compress))
     else:
         rows = compress.compress_report(args.runs, args.text, args.plot, args.stride)
         print(json.dumps(rows) if args.json else format_report(rows) + f"\nplot: {args.plot}")
+
+
+def _prune(args: argparse.Namespace, compress: Any) -> dict[str, Any]:
+    settings = (args.sparsity, args.structured, args.finetune_steps, args.data, args.lr)
+    return compress.prune_run(args.run, args.out, *settings, args.overwrite, args.set)
+
+
+def _distill(args: argparse.Namespace, compress: Any) -> dict[str, Any]:
+    if args.resume is not None:
+        return compress.resume_distill(args.resume, args.set)
+    files = (args.teacher, args.student_config, args.data, args.out)
+    return compress.distill_run(*files, args.set, args.temperature, args.alpha, args.overwrite)
+
+
+def _print_prune(summary: dict[str, Any]) -> None:
+    if not summary.get("is_main", True):
+        return  # another torchrun worker: rank 0 reports
+    zeros = summary["zero_fraction_by_layer"]["total"]
+    print(
+        f"pruned {summary['source_run']} -> {summary['out']}: {summary['method']}, parameters "
+        f"{summary['params_before']:,} -> {summary['params_after']:,}, "
+        f"{zeros:.1%} of block weights zero"
+    )
+
+
+def _print_quantize(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    print(
+        f"quantized {args.run} -> {args.out}: {summary['scheme']}, {summary['layers']} "
+        f"layers, model file {summary['model_bytes_before'] / 1e6:.2f} MB -> "
+        f"{summary['model_bytes_after'] / 1e6:.2f} MB ({summary['shrink']:.2f}x smaller), "
+        f"run directory {summary['run_bytes_before'] / 1e6:.2f} MB -> "
+        f"{summary['run_bytes_after'] / 1e6:.2f} MB"
+    )
+
+
+def _print_distill(out: Path, summary: dict[str, Any]) -> None:
+    if summary["is_main"]:
+        print(f"distilled {summary['teacher']} -> {out}: val loss {summary['last_val_loss']:.4f}")
 
 
 def format_report(rows: list[dict[str, Any]]) -> str:

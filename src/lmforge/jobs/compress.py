@@ -215,7 +215,7 @@ def _finish_pruning(
     record = {**report, "settings": settings, "finished": True}
     write_text_atomic(directory / PRUNING_FILE, json.dumps(record, indent=2))
     steps = summary["steps"] if summary else 0  # recovery steps trained
-    return {"out": str(out), "steps": steps, **report}
+    return {"out": str(out), "source_run": settings["source_run"], "steps": steps, **report}
 
 
 # ---------------------------------------------------------------- report
@@ -349,4 +349,4 @@ def _distill(
         ),
     )
     summary = train(cfg, out, resume_from, plan)
-    return {**summary, "temperature": settings["temperature"], "alpha": settings["alpha"]}
+    return {**summary, **settings}  # teacher, temperature, alpha
