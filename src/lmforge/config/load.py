@@ -35,6 +35,12 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if value is None:
             return None
         kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(
+            f"{where}: expected a mapping such as {{rope_type: llama3}}, got {value!r}"
+        )
     if kind is float:
         if isinstance(value, str):
             try:

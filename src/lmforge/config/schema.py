@@ -44,6 +44,34 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+ACTIVATIONS = ("gelu_tanh", "gelu", "swiglu", "relu2")
+ROPE_SCALING_KEYS = {  # rope_type -> the keys it needs
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _check_rope_scaling(scaling: dict[str, Any] | None, pos_emb: str) -> None:
+    """model.rope_scaling: None, or a known rope_type with every number it needs."""
+    if scaling is None:
+        return
+    _require(pos_emb == "rope", "model.rope_scaling needs model.pos_emb=rope")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    _require(
+        kind in ROPE_SCALING_KEYS,
+        f"model.rope_scaling: unsupported rope_type {kind!r}; use {list(ROPE_SCALING_KEYS)}",
+    )
+    for key in ROPE_SCALING_KEYS[kind]:
+        value = scaling.get(key)
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+            f"model.rope_scaling.{key} must be a positive number (rope_type {kind})",
+        )
+    _require(
+        scaling["high_freq_factor"] > scaling["low_freq_factor"],
+        "model.rope_scaling: high_freq_factor must exceed low_freq_factor",
+    )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     """Shape and flavour of the Transformer."""
@@ -60,8 +88,23 @@ class ModelConfig:
     pos_emb: str = param("learned", "position encoding: learned (GPT-2) or rope (rotary)")
     rope_theta: float = param(10000.0, "RoPE base frequency")
     tie_weights: bool = param(True, "share the token embedding with the output head")
-    activation: str = param("gelu_tanh", "MLP activation: gelu_tanh (GPT-2) or gelu (exact erf)")
-    ln_eps: float = param(1e-5, "LayerNorm epsilon")
+    activation: str = param(
+        "gelu_tanh",
+        "MLP activation: gelu_tanh (GPT-2), gelu (exact erf), swiglu (Llama: silu(gate)·up) or "
+        "relu2 (ReLU squared)",
+    )
+    norm: str = param("layernorm", "normalisation: layernorm (GPT-2, BERT) or rmsnorm (Llama)")
+    ln_eps: float = param(1e-5, "LayerNorm / RMSNorm epsilon")
+    qkv_bias: bool = param(False, "biases on q, k, v even when model.bias is off (Qwen2)")
+    qk_norm: bool = param(False, "RMSNorm on every query and key head before RoPE (Qwen3)")
+    rope_scaling: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "RoPE frequency scaling as in transformers, e.g. {rope_type: llama3, "
+            "factor: 32, low_freq_factor: 1, high_freq_factor: 4, "
+            "original_max_position_embeddings: 8192}"
+        },
+    )
     init_std: float = param(0.02, "standard deviation of the normal weight initialisation")
     type_vocab_size: int = param(2, "segment (token type) ids of a BERT; 0 for none")
     head_size: int = param(
@@ -101,8 +144,20 @@ class ModelConfig:
             f"model.pos_emb=rope needs an even head size, got n_embd/n_head = {self.head_dim}",
         )
         _require(
-            self.activation in ("gelu_tanh", "gelu"), "model.activation must be gelu_tanh or gelu"
+            self.activation in ACTIVATIONS,
+            f"model.activation must be one of {', '.join(ACTIVATIONS)}",
         )
+        _require(self.norm in ("layernorm", "rmsnorm"), "model.norm must be layernorm or rmsnorm")
+        _require(
+            self.arch != "bert"
+            or (
+                self.norm == "layernorm"
+                and self.activation in ("gelu", "gelu_tanh")
+                and not self.qk_norm
+            ),
+            "a bert uses layernorm, a GELU MLP and no qk_norm",
+        )
+        _check_rope_scaling(self.rope_scaling, self.pos_emb)
         _require(self.ln_eps > 0 and self.init_std > 0, "model.ln_eps and init_std must be > 0")
 
     @property

@@ -30,6 +30,7 @@ from lmforge.interop.hf_layout import (
     HF_VOCAB_TXT,
     HF_WEIGHTS,
     HF_WEIGHTS_INDEX,
+    LLAMA_FAMILY,
     Rule,
     config_from_hf,
     config_to_hf,
@@ -176,7 +177,7 @@ def _convert_to_ours(
         if not all(name in theirs for name in rule.theirs):
             missing.append(rule)
             continue
-        wanted = expected_theirs_shapes(rule, expected[rule.ours].shape)
+        wanted = expected_theirs_shapes(rule, expected[rule.ours].shape, cfg)
         for name, shape in zip(rule.theirs, wanted, strict=True):
             if tuple(theirs[name].shape) != shape:
                 raise CheckpointError(
@@ -242,7 +243,10 @@ def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]
 
 def _twin_shapes(cfg: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Size]]:
     """The config of the Hugging Face twin (biases and segment embeddings always present)."""
-    twin = replace(cfg, bias=True, type_vocab_size=max(cfg.type_vocab_size, 1))
+    if export_model_type(cfg) in LLAMA_FAMILY:  # holds our biases, or their absence, as they are
+        twin = cfg
+    else:
+        twin = replace(cfg, bias=True, type_vocab_size=max(cfg.type_vocab_size, 1))
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in build_model(RunConfig(model=twin)).state_dict().items()}
     return twin, shapes

@@ -1,9 +1,11 @@
 """Hugging Face <-> lmforge: config translation and parameter-name mapping, as data.
 
-Three Hugging Face architectures are covered, each the exact twin of one lmforge model:
-GPT-2 (our GPT with learned positions), GPT-NeoX with sequential residuals and full rotary
-(our GPT with RoPE) and BERT. A `Rule` maps one of our tensors to one or more of theirs; the
-layout changes (Conv1D transposes, fused or split qkv, rotary pair order) live in `convert_*`.
+Each covered Hugging Face architecture is the exact twin of one lmforge model: GPT-2 (our GPT
+with learned positions), GPT-NeoX with sequential residuals and full rotary (our GPT with RoPE),
+BERT, and the Llama family — Llama, Mistral (without a sliding window), Qwen2 (q/k/v biases) and
+Qwen3 (q/k norm) — our GPT with RMSNorm, SwiGLU, RoPE and grouped-query attention. A `Rule` maps
+one of our tensors to one or more of theirs; the layout changes (Conv1D transposes, fused or
+split q/k/v and gate/up, the rotary pair order) live in tensor_to_ours / tensor_to_theirs.
 """
 
 from dataclasses import dataclass
@@ -32,13 +34,23 @@ PEFT_DIR = "adapter"  # inside an export of an adapter run: the PEFT adapter
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
-SUPPORTED = ("gpt2", "gpt_neox", "bert")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED = ("gpt2", "gpt_neox", "bert", *LLAMA_FAMILY)
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "gpt_neox": "GPTNeoXForCausalLM",
     "bert": "BertForPreTraining",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
-BASE_PREFIXES = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "bert": "bert."}
+BASE_PREFIXES = {
+    "gpt2": "transformer.",
+    "gpt_neox": "gpt_neox.",
+    "bert": "bert.",
+    **dict.fromkeys(LLAMA_FAMILY, "model."),
+}
 IGNORED_SUFFIXES = (
     ".attn.bias",
     ".attn.masked_bias",
@@ -60,6 +72,8 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]
     kind: str = "copy"  # copy | transpose (GPT-2 Conv1D) | concat (BERT q, k, v) | neox_qkv
+    # | rope_qkv (Llama q, k, v: concatenated, q and k rows to adjacent rotary pairs)
+    # | rope_vector (Qwen3 q/k norm weights: the same pair order)
 
 
 # ---------------------------------------------------------------- configs
@@ -113,8 +127,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         )
     if model_type == "gpt_neox":
         return _neox_config(hf)
+    if model_type in LLAMA_FAMILY:
+        return _llama_config(hf)
     hidden = hf["hidden_size"]
-    _require_equal("intermediate_size", hf.get("intermediate_size", 4 * hidden), 4 * hidden)
     _require_equal(
         "position_embedding_type", hf.get("position_embedding_type", "absolute"), "absolute"
     )
@@ -132,6 +147,73 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         ln_eps=hf.get("layer_norm_eps", 1e-12),
         init_std=hf.get("initializer_range", 0.02),
         type_vocab_size=hf.get("type_vocab_size", 2),
+        mlp_hidden=_mlp_hidden(hf.get("intermediate_size", 4 * hidden), hidden),
+    )
+
+
+def _mlp_hidden(width: int, hidden: int) -> int:
+    """model.mlp_hidden for an MLP of `width`: 0 (the default 4 n_embd) when it is that."""
+    return 0 if width == 4 * hidden else width
+
+
+def _rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) from rope_parameters (transformers 5) or the older keys."""
+    rope = dict(hf.get("rope_scaling") or {}) | dict(hf.get("rope_parameters") or {})
+    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind != "llama3":
+        raise CheckpointError(
+            f"unsupported rope_type {kind!r}: lmforge imports default and llama3 RoPE scaling"
+        )
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return theta, {"rope_type": "llama3", **{key: rope[key] for key in keys}}
+
+
+def _llama_config(hf: dict[str, Any]) -> ModelConfig:
+    """Llama, Mistral, Qwen2 and Qwen3: RMSNorm, SwiGLU, RoPE, grouped-query attention."""
+    model_type, hidden, heads = hf["model_type"], hf["hidden_size"], hf["num_attention_heads"]
+    context = hf["max_position_embeddings"]
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    if window is not None and window < context:
+        raise CheckpointError(
+            f"this {model_type} attends through a sliding window of {window} tokens over a "
+            f"context of {context}; lmforge attends to the whole context, so the model would "
+            "not be the same. Checkpoints with sliding_window null (or >= the context) import"
+        )
+    _require_equal("hidden_act", hf.get("hidden_act", "silu"), "silu")
+    attention_bias = bool(hf.get("attention_bias", False))
+    if model_type == "llama":
+        _require_equal(
+            "mlp_bias (with attention_bias)", bool(hf.get("mlp_bias", False)), attention_bias
+        )
+    elif attention_bias:  # Qwen3 and Mistral: biases on attention only
+        raise CheckpointError(f"unsupported attention_bias=True for {model_type}")
+    head_dim = hf.get("head_dim") or hidden // heads
+    theta, scaling = _rope_settings(hf)
+    return ModelConfig(
+        arch="gpt",
+        vocab_size=hf["vocab_size"],
+        block_size=context,
+        n_layer=hf["num_hidden_layers"],
+        n_head=heads,
+        n_kv_head=hf.get("num_key_value_heads") or heads,
+        n_embd=hidden,
+        head_size=0 if head_dim * heads == hidden else head_dim,
+        mlp_hidden=hf["intermediate_size"],
+        dropout=float(hf.get("attention_dropout", 0.0)),
+        bias=attention_bias,
+        qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        pos_emb="rope",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_weights=bool(hf.get("tie_word_embeddings", False)),
+        activation="swiglu",
+        norm="rmsnorm",
+        ln_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        init_std=hf.get("initializer_range", 0.02),
     )
 
 
@@ -161,21 +243,55 @@ def _neox_config(hf: dict[str, Any]) -> ModelConfig:
 
 
 def export_model_type(cfg: ModelConfig) -> str:
-    """Which Hugging Face architecture holds our model exactly."""
+    """Which Hugging Face architecture holds our model exactly (refusing what none holds)."""
+    if cfg.arch == "bert":
+        if cfg.attn_width != cfg.n_embd:
+            raise CheckpointError(
+                f"cannot export a BERT with pruned heads (attention width {cfg.attn_width}, "
+                f"n_embd {cfg.n_embd}): BertModel needs n_head * head size == n_embd"
+            )
+        return "bert"
+    llama_like = (cfg.norm, cfg.activation, cfg.pos_emb) == ("rmsnorm", "swiglu", "rope")
+    if cfg.norm == "rmsnorm" or cfg.activation in ("swiglu", "relu2") or cfg.qk_norm:
+        if not llama_like:
+            raise CheckpointError(
+                f"no transformers architecture has model.norm={cfg.norm} with "
+                f"model.activation={cfg.activation} and model.pos_emb={cfg.pos_emb}: the Llama "
+                "family needs rmsnorm, swiglu and rope; GPT-2 and GPT-NeoX need layernorm and gelu"
+            )
+        return _llama_type(cfg)
     if cfg.kv_heads != cfg.n_head:
         raise CheckpointError(
             f"cannot export grouped-query attention (n_kv_head={cfg.kv_heads}, "
-            f"n_head={cfg.n_head}): GPT-2, GPT-NeoX and BERT need n_kv_head == n_head"
+            f"n_head={cfg.n_head}) with LayerNorm and GELU: GPT-2 and GPT-NeoX need "
+            "n_kv_head == n_head"
         )
-    if cfg.attn_width != cfg.n_embd or cfg.mlp_width != 4 * cfg.n_embd:
+    if cfg.attn_width != cfg.n_embd or cfg.mlp_width != 4 * cfg.n_embd or cfg.qkv_bias:
         raise CheckpointError(
-            f"cannot export a structurally pruned model (attention width {cfg.attn_width}, MLP "
-            f"width {cfg.mlp_width}, n_embd {cfg.n_embd}): GPT-2, GPT-NeoX and BERT need "
-            "n_head * head size == n_embd and an MLP of 4 * n_embd"
+            f"cannot export this model as GPT-2 or GPT-NeoX (attention width {cfg.attn_width}, "
+            f"MLP width {cfg.mlp_width}, n_embd {cfg.n_embd}, qkv_bias {cfg.qkv_bias}): they "
+            "need n_head * head size == n_embd, an MLP of 4 * n_embd and biases everywhere or "
+            "nowhere"
         )
-    if cfg.arch == "bert":
-        return "bert"
     return "gpt2" if cfg.pos_emb == "learned" else "gpt_neox"
+
+
+def _llama_type(cfg: ModelConfig) -> str:
+    """Qwen3 for q/k norm, Qwen2 for q/k/v biases alone, else Llama (biases everywhere or not)."""
+    if cfg.qk_norm:
+        if cfg.bias or cfg.qkv_bias:
+            raise CheckpointError(
+                "cannot export q/k norm with biases: Qwen3 has neither MLP biases"
+            )
+        return "qwen3"
+    if cfg.qkv_bias and not cfg.bias:
+        if cfg.attn_width != cfg.n_embd:
+            raise CheckpointError(
+                "cannot export q/k/v biases with a head size other than n_embd / n_head: Qwen2 "
+                "derives its head size"
+            )
+        return "qwen2"
+    return "llama"
 
 
 def config_to_hf(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
@@ -190,6 +306,8 @@ def config_to_hf(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[s
         "torch_dtype": "float32",
         **{f"{k}_token_id": v for k, v in special_ids.items()},
     }
+    if model_type in LLAMA_FAMILY:
+        return {**common, **_llama_config_to_hf(cfg, model_type)}
     if model_type == "gpt2":
         return {
             **common,
@@ -212,7 +330,7 @@ def config_to_hf(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[s
         "hidden_size": cfg.n_embd,
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
-        "intermediate_size": 4 * cfg.n_embd,
+        "intermediate_size": cfg.mlp_width,
         "hidden_act": act,
         "max_position_embeddings": cfg.block_size,
         "layer_norm_eps": cfg.ln_eps,
@@ -243,6 +361,34 @@ def config_to_hf(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[s
     }
 
 
+def _llama_config_to_hf(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
+    out = {
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_width,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": cfg.ln_eps,
+        "rope_parameters": rope,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_weights,
+        "attention_dropout": cfg.dropout,
+        "use_cache": True,
+    }
+    if model_type == "llama":
+        out |= {"attention_bias": cfg.bias, "mlp_bias": cfg.bias}
+    elif model_type == "qwen3":
+        out |= {"attention_bias": False, "use_sliding_window": False, "sliding_window": None}
+    else:
+        out |= {"use_sliding_window": False, "sliding_window": None}
+        del out["head_dim"]  # Qwen2 derives it: hidden_size / num_attention_heads
+    return out
+
+
 # ---------------------------------------------------------------- name rules
 
 
@@ -259,7 +405,41 @@ def _layer_norm(ours: str, theirs: str) -> list[Rule]:
 
 def rules_for(model_type: str, cfg: ModelConfig) -> list[Rule]:
     """Every mapped tensor of one architecture, in our names (base-model prefix stripped)."""
+    if model_type in LLAMA_FAMILY:
+        return _llama_rules(cfg)
     return {"gpt2": _gpt2_rules, "gpt_neox": _neox_rules, "bert": _bert_rules}[model_type](cfg)
+
+
+def _weight_and_bias(ours: str, theirs: str, bias: bool) -> list[Rule]:
+    return _pairs(ours, theirs) if bias else [Rule(f"{ours}.weight", (f"{theirs}.weight",))]
+
+
+def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+    """Llama / Mistral / Qwen2 / Qwen3 (base prefix `model.`; RMSNorms have weights only)."""
+    rules = [Rule("tok_emb.weight", ("embed_tokens.weight",))]
+    for i in range(cfg.n_layer):
+        ours, theirs = f"blocks.{i}", f"layers.{i}"
+        attn = f"{theirs}.self_attn"
+        qkv = tuple(f"{attn}.{x}_proj" for x in "qkv")
+        rules.append(Rule(f"{ours}.ln_1.weight", (f"{theirs}.input_layernorm.weight",)))
+        rules.append(Rule(f"{ours}.attn.qkv.weight", tuple(f"{n}.weight" for n in qkv), "rope_qkv"))
+        if cfg.bias or cfg.qkv_bias:
+            rules.append(Rule(f"{ours}.attn.qkv.bias", tuple(f"{n}.bias" for n in qkv), "rope_qkv"))
+        if cfg.qk_norm:
+            for x in "qk":
+                name = f"{attn}.{x}_norm.weight"
+                rules.append(Rule(f"{ours}.attn.{x}_norm.weight", (name,), "rope_vector"))
+        rules += _weight_and_bias(f"{ours}.attn.proj", f"{attn}.o_proj", cfg.bias)
+        rules.append(Rule(f"{ours}.ln_2.weight", (f"{theirs}.post_attention_layernorm.weight",)))
+        gate_up = (f"{theirs}.mlp.gate_proj", f"{theirs}.mlp.up_proj")
+        rules.append(Rule(f"{ours}.mlp.fc.weight", tuple(f"{n}.weight" for n in gate_up), "concat"))
+        if cfg.bias:
+            rules.append(Rule(f"{ours}.mlp.fc.bias", tuple(f"{n}.bias" for n in gate_up), "concat"))
+        rules += _weight_and_bias(f"{ours}.mlp.proj", f"{theirs}.mlp.down_proj", cfg.bias)
+    rules.append(Rule("ln_f.weight", ("norm.weight",)))
+    if not cfg.tie_weights:
+        rules.append(Rule("lm_head.weight", ("^lm_head.weight",)))
+    return rules
 
 
 def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
@@ -380,7 +560,32 @@ def _neox_head_order(cfg: ModelConfig) -> torch.Tensor:
     return torch.cat(rows)
 
 
+def _half_order(head_dim: int) -> torch.Tensor:
+    """theirs[r] = ours[order[r]] inside one head: rotate-half pairs (j, j + D/2) are our
+    adjacent pairs (2j, 2j + 1)."""
+    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+
+
+def _heads_to_ours(theirs: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rows of whole heads (n·D, ...) from rotate-half to adjacent-pair order."""
+    rows = theirs.reshape(-1, head_dim, *theirs.shape[1:])  # (heads, D, ...)
+    out = torch.empty_like(rows)
+    out[:, _half_order(head_dim)] = rows
+    return out.reshape(theirs.shape)
+
+
+def _heads_to_theirs(ours: torch.Tensor, head_dim: int) -> torch.Tensor:
+    rows = ours.reshape(-1, head_dim, *ours.shape[1:])
+    return rows[:, _half_order(head_dim)].reshape(ours.shape)
+
+
 def tensor_to_ours(rule: Rule, theirs: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    if rule.kind == "rope_qkv":  # q and k rotate: reorder their pairs; v stays
+        q, k, v = theirs
+        D = cfg.head_dim
+        return torch.cat([_heads_to_ours(q, D), _heads_to_ours(k, D), v], dim=0)
+    if rule.kind == "rope_vector":
+        return _heads_to_ours(theirs[0], cfg.head_dim)
     if rule.kind == "transpose":
         return theirs[0].t().contiguous()
     if rule.kind == "concat":
@@ -394,6 +599,12 @@ def tensor_to_ours(rule: Rule, theirs: list[torch.Tensor], cfg: ModelConfig) -> 
 
 
 def tensor_to_theirs(rule: Rule, ours: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    if rule.kind == "rope_qkv":
+        q, k, v = ours.split(_qkv_rows(cfg), dim=0)
+        D = cfg.head_dim
+        return [_heads_to_theirs(q, D), _heads_to_theirs(k, D), v.contiguous()]
+    if rule.kind == "rope_vector":
+        return [_heads_to_theirs(ours, cfg.head_dim)]
     if rule.kind == "transpose":
         return [ours.t().contiguous()]
     if rule.kind == "concat":
@@ -403,8 +614,16 @@ def tensor_to_theirs(rule: Rule, ours: torch.Tensor, cfg: ModelConfig) -> list[t
     return [ours]
 
 
-def expected_theirs_shapes(rule: Rule, ours_shape: torch.Size) -> list[tuple[int, ...]]:
+def _qkv_rows(cfg: ModelConfig) -> list[int]:
+    return [cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim]
+
+
+def expected_theirs_shapes(
+    rule: Rule, ours_shape: torch.Size, cfg: ModelConfig
+) -> list[tuple[int, ...]]:
     """The shapes their tensors must have for our tensor of ours_shape."""
+    if rule.kind == "rope_qkv":
+        return [(rows, *ours_shape[1:]) for rows in _qkv_rows(cfg)]
     if rule.kind == "transpose":
         return [tuple(reversed(ours_shape))]
     if rule.kind == "concat":

@@ -129,7 +129,10 @@ class Attention(nn.Module):
         self.layer, self.causal = layer, causal
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         qkv_width = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, qkv_width, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, qkv_width, bias=cfg.bias or cfg.qkv_bias)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each query and key head, before the rotation
+            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.ln_eps)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.ln_eps)
         self.proj = nn.Linear(cfg.attn_width, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_projection = True
         self.dropout = cfg.dropout
@@ -146,6 +149,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         heads, kv_heads, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, heads + 2 * kv_heads, D)  # (B, T, H + 2 Hkv, D)
+        if hasattr(self, "q_norm"):
+            q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
+            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
         if rope is not None:
             qkv = apply_rope(qkv, rope)  # rotations per head: q and k turn, v stays
         q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)

@@ -1,4 +1,6 @@
-"""GPT: a decoder-only Transformer language model (Radford et al. 2019), pre-LayerNorm."""
+"""GPT: a decoder-only Transformer language model, pre-norm: GPT-2 (Radford et al. 2019) and,
+through model.* keys, the Llama family (RMSNorm, SwiGLU, rotary positions, grouped-query
+attention; Qwen2's q/k/v biases, Qwen3's q/k norm, Llama 3's RoPE scaling)."""
 
 import torch
 from torch import nn
@@ -73,7 +75,7 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos_emb == "rope":
-            rotations = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            rotations = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
             table = rope_table(rotations, cfg.n_head, cfg.kv_heads)  # (T, H + 2 Hkv, D/2)
             self.register_buffer("rope_rotations", table, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))

@@ -1,6 +1,7 @@
-"""Building blocks shared by the models: LayerNorm, MLP, rotary positions, initialisation."""
+"""Building blocks shared by the models: normalisation, MLPs, rotary positions, initialisation."""
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,30 +19,72 @@ def run_block(block: nn.Module, recompute: bool, *args: object) -> torch.Tensor:
     return block(*args)
 
 
-def layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
-    """LayerNorm over the residual width, with or without bias."""
+def layer_norm(cfg: ModelConfig) -> nn.Module:
+    """The model's normalisation over the residual width:
+    LayerNorm (x − μ)/√(σ² + ε)·γ + β (β only with model.bias), or RMSNorm x/√(mean(x²) + ε)·γ."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.ln_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: proj(gelu(fc(x))), n_embd -> mlp_width (4 n_embd) -> n_embd."""
+    """Position-wise feed-forward, n_embd -> mlp_width -> n_embd:
+
+    gelu / gelu_tanh: proj(gelu(fc(x)))               (GPT-2, BERT; mlp_width 4 n_embd)
+    swiglu:           proj(silu(x W_gate) ⊙ x W_up)     (Llama; fc holds [W_gate; W_up])
+    relu2:            proj(relu(fc(x))²)               (Primer; So et al. 2021)
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
+        self.activation = cfg.activation
+        gated = 2 if cfg.activation == "swiglu" else 1
+        self.fc = nn.Linear(cfg.n_embd, gated * cfg.mlp_width, bias=cfg.bias)
         self.proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
         self.proj.is_residual_projection = True  # scaled init, see init_weights
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+        h = self.fc(x)
+        if self.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h, approximate=self.approximate)
+        return self.dropout(self.proj(h))
 
 
-def rope_cache(head_dim: int, max_positions: int, theta: float) -> torch.Tensor:
-    """e^(i·p·θ^(-2j/d)) for every position p and pair j: complex64 (T, head_dim / 2)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (T, D/2)
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """ω_j = θ^(-2j/d) for each pair j (float32, d/2), rescaled as model.rope_scaling says.
+
+    Llama 3 scaling (rope_type llama3): with wavelength λ_j = 2π/ω_j, context L (the original
+    max positions) and factors f, l < h: λ_j > L/l (slow, long-range pairs): ω_j / f; λ_j < L/h
+    (fast pairs): ω_j unchanged; in between, the blend (1 − s)·ω_j/f + s·ω_j with
+    s = (L/λ_j − l) / (h − l), which runs from 0 at λ = L/l to 1 at λ = L/h.
+    """
+    omega = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if scaling is None:
+        return omega
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / omega
+    blend = ((context / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    scaled = (1 - blend) * omega / factor + blend * omega
+    scaled = torch.where(wavelength > context / low, omega / factor, scaled)
+    return torch.where(wavelength < context / high, omega, scaled)
+
+
+def rope_cache(
+    head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """e^(i·p·ω_j) for every position p and pair j: complex64 (T, head_dim / 2)."""
+    omega = rope_frequencies(head_dim, theta, scaling)
+    angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), omega)  # (T, D/2)
     return torch.polar(torch.ones_like(angles), angles)
 
 
