@@ -16,6 +16,9 @@ from lmforge.errors import DataError
 from lmforge.rundir.files import write_text_atomic
 
 EOT = "<|endoftext|>"
+# End-of-text tokens of the tokenizers lmforge imports, in the order one is looked for:
+# GPT-2, Qwen and SmolLM's <|endoftext|>, Llama 3's <|end_of_text|>, SentencePiece's </s>.
+END_TOKENS = (EOT, "<|end_of_text|>", "</s>", "<eos>")
 UNK = "<|unk|>"
 PAD, BERT_UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 BERT_SPECIALS = (PAD, BERT_UNK, CLS, SEP, MASK)  # ids 0..4 of a trained WordPiece vocabulary
@@ -23,7 +26,8 @@ _KINDS = {"BPE": "bpe", "WordLevel": "char", "WordPiece": "wordpiece"}
 
 
 class Tokenizer:
-    """Text <-> token ids. Documents are separated by `<|endoftext|>` (bpe, char) or `[SEP]`
+    """Text <-> token ids. Documents are separated by an end-of-text token (`<|endoftext|>` for
+    the tokenizers lmforge trains; END_TOKENS lists the others it recognises) or by `[SEP]`
     (wordpiece, which also has the BERT specials `[PAD] [UNK] [CLS] [SEP] [MASK]`)."""
 
     def __init__(self, backend: HFTokenizer) -> None:
@@ -36,10 +40,11 @@ class Tokenizer:
         eot = backend.token_to_id(EOT)
         if eot is not None:  # the document separator even where a file does not mark it special
             self._specials.setdefault(EOT, eot)
-        if self.special_id(EOT) is None and self.special_id(SEP) is None:
+        self.end_token = next((t for t in END_TOKENS if t in self._specials), None)
+        if self.end_token is None and self.special_id(SEP) is None:
             raise DataError(
-                f"tokenizer has neither {EOT} nor {SEP} as a special token, so documents cannot "
-                "be separated; train one with `lmforge prepare`"
+                f"tokenizer has no end-of-text special token ({', '.join(END_TOKENS)}) and no "
+                f"{SEP}, so documents cannot be separated; train one with `lmforge prepare`"
             )
 
     @classmethod
@@ -155,20 +160,21 @@ class Tokenizer:
 
     @property
     def eot_id(self) -> int:
-        """The `<|endoftext|>` id; a DataError for tokenizers without one (wordpiece)."""
-        eot = self.special_id(EOT)
-        if eot is None:
+        """The end-of-text id (`<|endoftext|>`, `</s>`, ...); a DataError for tokenizers without
+        one (wordpiece)."""
+        if self.end_token is None:
             raise DataError(
                 f"this {self.kind} tokenizer has no {EOT} token, which causal-LM generation needs; "
                 "use a model trained on data prepared with --tokenizer bpe or char"
             )
-        return eot
+        return self._specials[self.end_token]
 
     @property
     def separator_id(self) -> int:
         """The token written before each document in the shards: `<|endoftext|>`, else `[SEP]`."""
-        separator = self.special_id(EOT)
-        return self._specials[SEP] if separator is None else separator
+        if self.end_token is None:
+            return self._specials[SEP]
+        return self._specials[self.end_token]
 
     @property
     def pad_id(self) -> int | None:

@@ -19,7 +19,7 @@ from lmforge.data.corpus import Document
 from lmforge.data.sentences import SentenceCorpus, SentenceIndexWriter, split_sentences
 from lmforge.errors import DataError
 from lmforge.rundir.files import write_text_atomic
-from lmforge.tokenizer import EOT, Tokenizer
+from lmforge.tokenizer import Tokenizer
 
 META_FILE = "meta.json"
 FORMAT = "lmforge-shards/1"
@@ -178,7 +178,7 @@ def write_shards(
         "format": FORMAT,
         "vocab_size": tokenizer.vocab_size,
         "dtype": dtype.name,
-        "eot_id": tokenizer.special_id(EOT),
+        "eot_id": tokenizer.special_id(tokenizer.end_token) if tokenizer.end_token else None,
         "tokenizer_kind": tokenizer.kind,
         "tokenizer_sha256": tokenizer.sha256(),
         "val_fraction": val_fraction,

@@ -107,7 +107,8 @@ def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     if backend.token_to_id("[CLS]") is not None:
         roles = {f"{role}_token": tok for role, tok in BERT_SPECIALS.items()}
     else:
-        roles = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+        end = tokenizer.end_token or EOT
+        roles = {"bos_token": end, "eos_token": end, "unk_token": end}
         if backend.token_to_id("<|unk|>") is not None:
             roles["unk_token"] = "<|unk|>"
     return {role: tok for role, tok in roles.items() if backend.token_to_id(tok) is not None}
@@ -118,7 +119,7 @@ def special_token_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
     backend, roles = tokenizer.backend, special_tokens(tokenizer)
     if "cls_token" in roles:
         return {"pad": backend.token_to_id("[PAD]")}
-    eot = backend.token_to_id(EOT)
+    eot = backend.token_to_id(tokenizer.end_token or EOT)
     return {"bos": eot, "eos": eot}
 
 
