@@ -56,20 +56,32 @@ def _gpt_logits(model: torch.nn.Module, vocab: int, theirs: bool) -> torch.Tenso
     return logits[mask.bool()]
 
 
+LLAMA = {"norm": "rmsnorm", "activation": "swiglu", "pos_emb": "rope", "bias": False}
+
+
 @pytest.mark.parametrize(
-    ("model", "targets", "architecture"),
+    ("model", "targets", "architecture", "per_block"),
     [
-        ({"pos_emb": "learned", "bias": True}, ["q", "o", "fc", "down"], "GPT2LMHeadModel"),
-        ({"pos_emb": "rope", "bias": False}, ["qkv", "o", "mlp"], "GPTNeoXForCausalLM"),
+        ({"pos_emb": "learned", "bias": True}, ["q", "o", "fc", "down"], "GPT2LMHeadModel", 4),
+        ({"pos_emb": "rope", "bias": False}, ["qkv", "o", "mlp"], "GPTNeoXForCausalLM", 4),
+        # q, k, v and gate, up are one fused layer here, two or three modules there
+        ({**LLAMA, "n_kv_head": 2}, ["qkv", "o", "fc", "down"], "LlamaForCausalLM", 7),
+        ({**LLAMA, "qk_norm": True, "tie_weights": False}, ["qkv", "fc"], "Qwen3ForCausalLM", 5),
+        ({**LLAMA, "qkv_bias": True}, ["qkv", "down"], "Qwen2ForCausalLM", 4),
     ],
 )
 def test_exported_gpt_adapter_in_peft_gives_our_logits(
-    tmp_path: Path, bpe_tokenizer: Tokenizer, model: dict, targets: list[str], architecture: str
+    tmp_path: Path,
+    bpe_tokenizer: Tokenizer,
+    model: dict,
+    targets: list[str],
+    architecture: str,
+    per_block: int,
 ) -> None:
     base = _base_run(tmp_path, bpe_tokenizer, **model)
     run = _adapter_run(tmp_path, base, targets)
     summary = export_hf(run, tmp_path / "hf")
-    assert summary["adapted_modules"] == 2 * 4
+    assert summary["adapted_modules"] == 2 * per_block
     hf_base = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(hf_base).__name__ == architecture
     vocab = bpe_tokenizer.vocab_size

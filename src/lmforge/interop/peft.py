@@ -29,6 +29,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import write_hf_model
 from lmforge.interop.hf_layout import (
+    LLAMA_FAMILY,
     PEFT_CONFIG,
     PEFT_DIR,
     PEFT_WEIGHTS,
@@ -44,7 +45,12 @@ from lmforge.rundir.files import staged_directory, write_text_atomic
 from lmforge.rundir.load import load_run
 
 PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped transformers model
-TASK_TYPES = {"gpt2": "CAUSAL_LM", "gpt_neox": "CAUSAL_LM", "bert": None}  # no PEFT BERT-PT task
+TASK_TYPES = {  # PEFT task type per architecture (none for BERT pretraining heads)
+    "gpt2": "CAUSAL_LM",
+    "gpt_neox": "CAUSAL_LM",
+    "bert": None,
+    **dict.fromkeys(LLAMA_FAMILY, "CAUSAL_LM"),
+}
 
 
 def _weight_rules(model_type: str, cfg: ModelConfig) -> dict[str, Rule]:
