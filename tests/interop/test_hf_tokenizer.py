@@ -47,3 +47,48 @@ def test_another_rank_order_gives_other_pieces(tmp_path: Path) -> None:
     tokenizer = import_tokenizer(_write(tmp_path / "hf", sorted(MERGES)), "gpt2")
     assert tokenizer.encode("abc") == [VOCAB["abc"]]
     assert tokenizer.eot_id == VOCAB[EOT]
+
+
+def _sentencepiece_style(corpus: list[str]) -> HFTokenizer:
+    """A Llama 2 / TinyLlama-style tokenizer.json: BPE over `▁`-marked words with byte fallback
+    (<0x00> ... <0xFF> for what the vocabulary lacks), <unk> <s> </s> as specials."""
+    from tokenizers import decoders, normalizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    backend = HFTokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials + byte_tokens)
+    backend.train_from_iterator(corpus, trainer)
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    return backend
+
+
+def test_a_sentencepiece_style_tokenizer_gives_transformers_ids(tmp_path: Path) -> None:
+    """Byte fallback for the Chinese and emoji the vocabulary lacks; </s> ends a text."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .twins import CORPUS, TORTURE
+
+    backend = _sentencepiece_style(CORPUS)
+    backend.save(str(tmp_path / "tok.json"))
+    reference = PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "tok.json"), eos_token="</s>", bos_token="<s>"
+    )
+    reference.save_pretrained(tmp_path / "hf")
+    tokenizer = import_tokenizer(tmp_path / "hf", "llama")
+    text = "Mixed text: 汉字和中文标点，emoji 🤖🚀 and English. " + TORTURE
+    expected = reference.encode(text, add_special_tokens=False)
+    assert tokenizer.encode(text) == expected
+    assert any(reference.convert_ids_to_tokens(i).startswith("<0x") for i in expected)
+    assert tokenizer.eot_id == reference.eos_token_id
+    assert tokenizer.decode(expected) == reference.decode(expected)

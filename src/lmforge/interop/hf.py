@@ -7,13 +7,14 @@ Weights are read from safetensors (single or sharded) or from `pytorch_model.bin
 import json
 import logging
 import pickle
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.config import ModelConfig, RunConfig
@@ -93,11 +94,33 @@ def _shard_files(src: Path, index_name: str) -> list[Path]:
     return files
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
+class CheckpointTensors(Mapping[str, torch.Tensor]):
+    """The tensors of a Hugging Face checkpoint, read one at a time (float32 where floating
+    point) from its safetensors files, so importing never holds the whole checkpoint twice."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self._where: dict[str, Path] = {}
+        for path in files:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    self._where.update(dict.fromkeys(handle.keys(), path))
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        path = self._where[name]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                tensor = handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} is truncated or corrupt ({exc})") from None
+        return tensor.float() if tensor.is_floating_point() else tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -112,27 +135,28 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path} does not hold a flat name -> tensor state dict")
-    return state
+    return {n: t.float() if t.is_floating_point() else t for n, t in state.items()}
 
 
-def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a Hugging Face model directory, in float32 where it is floating point."""
+def read_hf_weights(src: Path) -> Mapping[str, torch.Tensor]:
+    """Every tensor of a Hugging Face model directory, in float32 where it is floating point:
+    safetensors (one file or sharded) read lazily, tensor by tensor; pytorch_model.bin whole."""
     if (src / HF_WEIGHTS).is_file():
-        files, loader = [src / HF_WEIGHTS], _load_safetensors
-    elif (src / HF_WEIGHTS_INDEX).is_file():
-        files, loader = _shard_files(src, HF_WEIGHTS_INDEX), _load_safetensors
-    elif (src / HF_BIN_WEIGHTS).is_file():
-        files, loader = [src / HF_BIN_WEIGHTS], _load_bin
+        return CheckpointTensors([src / HF_WEIGHTS])
+    if (src / HF_WEIGHTS_INDEX).is_file():
+        return CheckpointTensors(_shard_files(src, HF_WEIGHTS_INDEX))
+    if (src / HF_BIN_WEIGHTS).is_file():
+        files = [src / HF_BIN_WEIGHTS]
     elif (src / HF_BIN_INDEX).is_file():
-        files, loader = _shard_files(src, HF_BIN_INDEX), _load_bin
+        files = _shard_files(src, HF_BIN_INDEX)
     else:
         raise CheckpointError(
             f"{src} has no weights: expected {HF_WEIGHTS} (or a sharded index) or {HF_BIN_WEIGHTS}"
         )
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        tensors.update(loader(path))
-    return {n: t.float() if t.is_floating_point() else t for n, t in tensors.items()}
+        tensors.update(_load_bin(path))
+    return tensors
 
 
 def resolve_source(source: str) -> Path:
@@ -164,35 +188,38 @@ def resolve_source(source: str) -> Path:
 # ---------------------------------------------------------------- import
 
 
-def _convert_to_ours(
-    theirs: dict[str, torch.Tensor],
-    rules: list[Rule],
-    expected: dict[str, torch.Tensor],
+def _load_into(
+    model: nn.Module,
+    theirs: Mapping[str, torch.Tensor],
+    names: dict[str, str],
     cfg: ModelConfig,
     model_type: str,
-) -> dict[str, torch.Tensor]:
-    """Our state dict from their tensors, naming any missing tensor or shape mismatch."""
-    ours, missing = {}, []
+) -> None:
+    """Copy their tensors into our model rule by rule (one rule's tensors in memory at a time),
+    naming any missing tensor or shape mismatch."""
+    ours, missing = model.state_dict(), []  # views of the parameters: copy_ writes into them
+    rules = rules_for(model_type, cfg)
     for rule in rules:
-        if not all(name in theirs for name in rule.theirs):
+        if not all(name in names for name in rule.theirs):
             missing.append(rule)
             continue
-        wanted = expected_theirs_shapes(rule, expected[rule.ours].shape, cfg)
-        for name, shape in zip(rule.theirs, wanted, strict=True):
-            if tuple(theirs[name].shape) != shape:
+        wanted = expected_theirs_shapes(rule, ours[rule.ours].shape, cfg)
+        parts = [theirs[names[name]] for name in rule.theirs]
+        for name, part, shape in zip(rule.theirs, parts, wanted, strict=True):
+            if tuple(part.shape) != shape:
                 raise CheckpointError(
-                    f"tensor {full_name(name, model_type)} has shape {tuple(theirs[name].shape)}, "
+                    f"tensor {full_name(name, model_type)} has shape {tuple(part.shape)}, "
                     f"but config.json implies {shape}"
                 )
-        ours[rule.ours] = tensor_to_ours(rule, [theirs[n] for n in rule.theirs], cfg)
+        with torch.no_grad():
+            ours[rule.ours].copy_(tensor_to_ours(rule, parts, cfg))
     _report_missing(missing, model_type)
     used = {name for rule in rules for name in rule.theirs}
     if cfg.tie_weights:  # the head is the token embedding; a copy of it may be in the file
         used |= {"^lm_head.weight", "^embed_out.weight"}
-    extra = sorted(full_name(n, model_type) for n in set(theirs) - used)
+    extra = sorted(full_name(n, model_type) for n in set(names) - used)
     if extra:
         log.warning("ignored %d tensors lmforge has no place for: %s", len(extra), extra[:6])
-    return ours
 
 
 def _report_missing(missing: list[Rule], model_type: str) -> None:
@@ -208,7 +235,7 @@ def _report_missing(missing: list[Rule], model_type: str) -> None:
         )
 
 
-def model_from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+def model_from_hf(hf_config: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
     """Our model holding the weights of a Hugging Face one (its config dict and state dict).
 
     E.g. `model_from_hf(hf.config.to_dict(), hf.state_dict())` for a loaded transformers model.
@@ -216,9 +243,7 @@ def model_from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     model_type = model_type_of(hf_config)
     cfg = config_from_hf(hf_config)
     model = build_model(RunConfig(model=cfg))
-    theirs = normalise_names(tensors, model_type)
-    ours = _convert_to_ours(theirs, rules_for(model_type, cfg), model.state_dict(), cfg, model_type)
-    model.load_state_dict(ours, strict=False)
+    _load_into(model, tensors, normalise_names(tensors, model_type), cfg, model_type)
     return model.eval()
 
 

@@ -8,6 +8,7 @@ one of our tensors to one or more of theirs; the layout changes (Conv1D transpos
 split q/k/v and gate/up, the rotary pair order) live in tensor_to_ours / tensor_to_theirs.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,16 @@ def _require_equal(what: str, got: Any, expected: Any) -> None:
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """Our ModelConfig twin of a Hugging Face config.json."""
     model_type = model_type_of(hf)
+    try:
+        return _config_from_hf(hf, model_type)
+    except KeyError as exc:
+        raise CheckpointError(
+            f"config.json of this {model_type} lacks {exc.args[0]!r}; is it a complete "
+            "save_pretrained directory?"
+        ) from None
+
+
+def _config_from_hf(hf: dict[str, Any], model_type: str) -> ModelConfig:
     if model_type == "gpt2":
         n_embd = hf["n_embd"]
         _require_equal("n_inner", hf.get("n_inner") or 4 * n_embd, 4 * n_embd)
@@ -516,13 +527,13 @@ def _bert_head_rules() -> list[Rule]:
     ]
 
 
-def normalise_names(tensors: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
-    """Their state dict in rule names: base prefix stripped, heads marked `^`, old names fixed.
+def normalise_names(names: Iterable[str], model_type: str) -> dict[str, str]:
+    """Rule name -> their stored name: base prefix stripped, heads marked `^`, old names fixed.
 
     Works whether the file holds a base model (GPT2Model, BertModel) or one with heads.
     """
     prefix, out = BASE_PREFIXES[model_type], {}
-    for name, tensor in tensors.items():
+    for name in names:
         if name.endswith(IGNORED_SUFFIXES):
             continue
         fixed = name.replace("LayerNorm.gamma", "LayerNorm.weight")
@@ -531,7 +542,7 @@ def normalise_names(tensors: dict[str, torch.Tensor], model_type: str) -> dict[s
             fixed = fixed[len(prefix) :]
         elif fixed.startswith(HEAD_ROOTS):
             fixed = "^" + fixed
-        out[fixed] = tensor
+        out[fixed] = name
     return out
 
 
