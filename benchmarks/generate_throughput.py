@@ -1,9 +1,11 @@
-"""Greedy decoding speed of lmforge against transformers' `generate`, same GPT-2-small weights.
+"""Greedy decoding speed of lmforge against transformers' `generate`, same weights.
 
-    python benchmarks/generate_throughput.py [--rounds 3] [--new-tokens 128]
+    python benchmarks/generate_throughput.py [--model gpt2|smollm2-135m] [--rounds 3]
+                                             [--new-tokens 128]
 
-A random-initialised GPT2LMHeadModel of the GPT-2-small shape (124M) is converted in memory to
-our GPT, so both decode with identical weights. Batch 1, a 16-token prompt, 128 new tokens,
+A random-initialised transformers model — GPT2LMHeadModel of the GPT-2-small shape (124M), or
+LlamaForCausalLM with SmolLM2-135M's config (RMSNorm, SwiGLU, RoPE, 9 query / 3 key-value heads,
+tied embeddings) — is converted in memory to our GPT, so both decode with identical weights. Batch 1, a 16-token prompt, 128 new tokens,
 greedy, KV cache on both sides; runs alternate ours/theirs so both see the same machine speed.
 Also: batch-8 throughput, the time to the first new token of a 512-token prompt (prefill, through
 `generate` on both sides), a calibration matmul, and the share of the memory-read
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmforge.config import SamplingConfig
 from lmforge.generation.loop import generate_batch_tokens, generate_tokens
@@ -58,6 +60,28 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+# SmolLM2-135M's config.json (the shape only; the weights here are random)
+SMOLLM2_135M = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
+
+
+def build_twin(name: str) -> torch.nn.Module:
+    """The transformers model a run compares against, random-initialised, in eval mode."""
+    if name == "smollm2-135m":
+        return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).eval()
+    return GPT2LMHeadModel(GPT2Config()).eval()
+
+
 def ours_greedy(model: GPT, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
     return list(generate_tokens(model, prompt[0].tolist(), sampling))
@@ -93,6 +117,7 @@ def hf_first_token(model: GPT2LMHeadModel, prompt: torch.Tensor) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["gpt2", "smollm2-135m"], default="gpt2")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed runs per side")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=16)
@@ -100,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    hf = build_twin(args.model)
     ours = model_from_hf(hf.config.to_dict(), hf.state_dict())
     vocab = hf.config.vocab_size
     g = torch.Generator().manual_seed(1)
@@ -127,6 +152,8 @@ def main() -> None:
     bandwidth = read_bandwidth_gbs()
     bytes_per_token = ours.num_params(exclude_position_embedding=True) * 4
     result = {
+        "model": args.model,
+        "parameters": ours.num_params(),
         "ours_tokens_per_s": round(ours_tps, 2),
         "hf_tokens_per_s": round(hf_tps, 2),
         "speedup": round(ours_tps / hf_tps, 3),

@@ -118,3 +118,24 @@ def test_small_products_skip_the_fixed_cost_of_a_onednn_call(monkeypatch) -> Non
         assert calls == []
         model(torch.randint(0, 61, (128, 16)))  # 2,048 rows x 1,024-2,048 weights
         assert len(calls) >= 4
+
+
+@needs_onednn
+def test_one_row_products_take_the_path_measured_faster(monkeypatch) -> None:
+    """Decoding (one row) uses the packed weights only where the start-up timing found them
+    faster on this CPU; products of many rows use them either way."""
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(
+        packed_module, "_onednn_linear", lambda *a: calls.append(1) or real(*a), raising=True
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(768, 768)).eval()  # worth packing at one row
+    for pays in (False, True):
+        monkeypatch.setattr(packed_module, "_single_row_pays", lambda *a, pays=pays: pays)
+        calls.clear()
+        with torch.inference_mode(), packed_linears(model):
+            model(torch.randn(1, 768))
+            one_row = len(calls)
+            model(torch.randn(64, 768))
+        assert one_row == (1 if pays else 0)
+        assert len(calls) == one_row + 1

@@ -13,6 +13,7 @@ matrix with a few rows takes 2-5 us: a layer takes the packed path only where th
 enough to repay that (see _worth_packing; measured on the same machine, docs/benchmarks.md).
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -54,17 +55,39 @@ def _worth_packing(rows: int, weight_elements: int) -> bool:
     return weight_elements >= PACK_ALWAYS or rows * weight_elements >= PACK_WORK
 
 
-def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """y = x Wᵀ + b through oneDNN; the plain path for small products, when autograd needs a
-    backward or when the input is not a CPU fp32 tensor (the packed operator has no gradient)."""
+def _packed_forward(
+    module: nn.Linear, packed: torch.Tensor, single_row: bool, x: torch.Tensor
+) -> torch.Tensor:
+    """y = x Wᵀ + b through oneDNN; the plain path for small products (and for one row where
+    the start-up measurement found BLAS faster), when autograd needs a backward or when the
+    input is not a CPU fp32 tensor (the packed operator has no gradient)."""
     weight = module.weight
+    rows = x.numel() // weight.shape[1]
     if (
         (torch.is_grad_enabled() and weight.requires_grad)
         or x.dtype != torch.float32
-        or not _worth_packing(x.numel() // weight.shape[1], weight.numel())
+        or not _worth_packing(rows, weight.numel())
+        or (rows == 1 and not single_row)
     ):
         return F.linear(x, weight, module.bias)
     return _onednn_linear(x, packed, module.bias, "none", [], "")
+
+
+def _single_row_pays(linear: nn.Linear, packed: torch.Tensor, repeats: int = 5) -> bool:
+    """Whether one-row products (decoding) of this weight's shape run faster packed than
+    through BLAS on this CPU: measured, not assumed (on an AVX-512 EPYC packing streams GPT-2's
+    weights 2.3x faster; on a Xeon with AMX it loses for mid-sized weights). The two are timed
+    alternately, best of `repeats`, once per distinct weight shape."""
+    x = torch.randn(1, linear.weight.shape[1])
+    plain = onednn = float("inf")
+    for _ in range(repeats + 1):  # the first round warms both up
+        start = time.perf_counter()
+        F.linear(x, linear.weight, linear.bias)
+        middle = time.perf_counter()
+        torch.ops.mkldnn._linear_pointwise(x, packed, linear.bias, "none", [], "")
+        end = time.perf_counter()
+        plain, onednn = min(plain, middle - start), min(onednn, end - middle)
+    return onednn < plain
 
 
 def _onednn_linear(*args: object) -> torch.Tensor:
@@ -86,9 +109,13 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     patched = []
     try:
         with torch.no_grad():
+            verdicts: dict[tuple[int, ...], bool] = {}  # weight shape -> one row pays packed
             for linear in linears:
                 packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-                linear.forward = partial(_packed_forward, linear, packed)
+                shape = tuple(linear.weight.shape)
+                if shape not in verdicts:
+                    verdicts[shape] = _single_row_pays(linear, packed)
+                linear.forward = partial(_packed_forward, linear, packed, verdicts[shape])
                 patched.append(linear)
         yield len(patched)
     finally:
