@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
+from lmforge.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from lmforge.data.sft import (
     IGNORE_INDEX,
     Pair,
+    chat_pair,
     encode_pair,
     encode_pairs,
     pack,
     packed_batch,
     padded_batch,
     read_pairs,
-    render_messages,
 )
 from lmforge.errors import DataError
 from lmforge.model import GPT
@@ -53,17 +54,56 @@ def test_long_pairs_lose_the_start_of_the_prompt(tokenizer: Tokenizer) -> None:
     assert encoded.targets[-len(completion) :] == completion
 
 
-def test_messages_render_with_the_documented_template() -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "Name?"},
-        {"role": "assistant", "content": "lmforge."},
-    ]
-    pair = render_messages(messages, "x")
-    expected = "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nName?\n"
-    assert pair == Pair(expected + "<|assistant|>\n", "lmforge.")
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Name?"},
+    {"role": "assistant", "content": "lmforge."},
+]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _learned_text(pair: Pair, tokenizer: Tokenizer) -> list[str]:
+    """The runs of learned tokens of an encoded example, decoded."""
+    encoded, _ = encode_pair(pair, tokenizer, 512)
+    runs, current = [], []
+    for target in [*encoded.targets, IGNORE_INDEX]:
+        if target == IGNORE_INDEX:
+            if current:
+                runs.append(tokenizer.decode(current))
+            current = []
+        else:
+            current.append(target)
+    return runs
+
+
+def test_every_assistant_turn_is_learned_with_its_end_of_turn_and_nothing_else(
+    tokenizer: Tokenizer,
+) -> None:
+    template = ChatTemplate(DEFAULT_TEMPLATE, eos_token="<|endoftext|>")
+    pair = chat_pair(MESSAGES, template, "x")
+    assert _learned_text(pair, tokenizer) == ["Hello.<|endoftext|>", "lmforge.<|endoftext|>"]
+    expected = "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello.<|endoftext|>\n"
+    assert pair.prompt == expected + "<|user|>\nName?\n<|assistant|>\n"  # scored: last answer
+    assert pair.completion == "lmforge."
+
+
+def test_a_chatml_template_learns_each_answer_up_to_im_end() -> None:
+    texts = [*TEXT, "<|im_start|>user <|im_end|> assistant system Hello. Name? lmforge."]
+    tokenizer = Tokenizer.train_bpe(texts, vocab_size=320)
+    tokenizer.backend.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tokenizer = Tokenizer(tokenizer.backend)
+    template = ChatTemplate(CHATML, eos_token="<|im_end|>")
+    assert template.end_of_turn() == "<|im_end|>"
+    pair = chat_pair(MESSAGES, template, "x")
+    assert _learned_text(pair, tokenizer) == ["Hello.<|im_end|>", "lmforge.<|im_end|>"]
+    rendered = template.render(MESSAGES, add_generation_prompt=False)
+    assert "".join(text for text, _ in pair.segments) == rendered
 
 
 def test_bad_lines_name_their_number_or_are_skipped(tmp_path: Path, caplog) -> None:

@@ -166,7 +166,9 @@ def test_an_adapter_run_is_a_base_for_full_fine_tuning_but_not_for_new_adapters(
     args += ["--valid", str(valid), *_sets("train.max_steps=2")]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
     assert (tmp_path / "full" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "full" / "chat_template.json").read_text())["roles"]
+    template = (tmp_path / "full" / "chat_template.jinja").read_text()  # the one it trained with
+    assert "message['content']" in template
+    assert json.loads((tmp_path / "full" / "special_tokens.json").read_text())["eos_token"]
     capsys.readouterr()
     code = main([*args, "--out", str(tmp_path / "again"), "--lora-r", "2"])
     assert_user_error(code, capsys, "itself a LoRA adapter run", "lora merge")

@@ -1,10 +1,10 @@
-"""Prompt -> completion data: JSONL reading, a chat template, label masking and packing.
+"""Prompt -> completion data: JSONL reading, chat rendering, label masking and packing.
 
 Each JSONL line is {"prompt": ..., "completion": ...} or {"messages": [{"role", "content"}...]}.
-Messages are rendered with CHAT_TEMPLATE: every turn becomes `<|role|>\\n{content}\\n`, the
-prompt ends with the header of the last assistant turn and that turn's content is the
-completion, so earlier turns are context only. The loss counts completion tokens only (prompt
-labels are -100), and the end-of-text token after each completion teaches the model to stop.
+A prompt/completion row learns the completion and the end-of-text token after it (which
+teaches the model to stop). A messages row is rendered by the run's chat template
+(data/chat.py) and learns every assistant answer with its end-of-turn token, nothing else.
+Prompt and context labels are -100.
 """
 
 import json
@@ -15,37 +15,34 @@ from pathlib import Path
 import torch
 
 from lmforge.data.batches import IGNORE_INDEX, Batch
+from lmforge.data.chat import ChatTemplate, check_messages
 from lmforge.errors import DataError
 from lmforge.rundir.files import read_utf8
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-ROLES = ("system", "user", "assistant")
-CHAT_TEMPLATE = "<|{role}|>\n{content}\n"  # one turn; a prompt ends with "<|assistant|>\n"
 
 
 @dataclass(frozen=True, slots=True)
 class Pair:
+    """A prompt and the answer to learn; a chat row also keeps its rendered pieces, each
+    marked learned or not (every assistant answer), which training uses instead."""
+
     prompt: str
     completion: str
+    segments: tuple[tuple[str, bool], ...] = ()
 
 
-def render_messages(messages: list[dict], where: str) -> Pair:
-    """The prompt (turns before the last assistant turn, then its header) and the completion."""
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: messages must be a non-empty list of {{role, content}}")
-    for turn in messages:
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
-            raise DataError(f"{where}: every message needs a role among {ROLES} and a content")
-        if not isinstance(turn.get("content"), str):
-            raise DataError(f"{where}: message content must be a string")
-    if messages[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant's answer to learn")
-    context = "".join(CHAT_TEMPLATE.format(**turn) for turn in messages[:-1])
-    return Pair(context + "<|assistant|>\n", messages[-1]["content"])
+def chat_pair(messages: list[dict], template: ChatTemplate, where: str) -> Pair:
+    """A conversation: trained on every answer; scored on its last answer, given the rest."""
+    check_messages(messages, where)
+    last = max(i for i, turn in enumerate(messages) if turn["role"] == "assistant")
+    prompt = template.render(messages[:last], add_generation_prompt=True)
+    segments = tuple(template.segments(messages[: last + 1]))
+    return Pair(prompt, messages[last]["content"], segments)
 
 
-def _pair(line: str, where: str) -> Pair:
+def _pair(line: str, where: str, template: ChatTemplate | None) -> Pair:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -53,14 +50,18 @@ def _pair(line: str, where: str) -> Pair:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        return render_messages(record["messages"], where)
+        if template is None:
+            raise DataError(f"{where}: messages rows need a chat template, and none was given")
+        return chat_pair(record["messages"], template, where)
     prompt, completion = record.get("prompt"), record.get("completion")
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise DataError(f"{where}: needs string fields prompt and completion (or messages)")
     return Pair(prompt, completion)
 
 
-def read_pairs(path: Path, skip_bad_lines: bool = False) -> list[Pair]:
+def read_pairs(
+    path: Path, skip_bad_lines: bool = False, template: ChatTemplate | None = None
+) -> list[Pair]:
     """Every example of a JSONL file; a bad line stops with its number unless skipped."""
     lines = read_utf8(path, "examples file").splitlines()
     pairs, bad = [], []
@@ -68,7 +69,7 @@ def read_pairs(path: Path, skip_bad_lines: bool = False) -> list[Pair]:
         if not line.strip():
             continue
         try:
-            pairs.append(_pair(line, f"{path}:{number}"))
+            pairs.append(_pair(line, f"{path}:{number}", template))
         except DataError as exc:
             if not skip_bad_lines:
                 raise DataError(f"{exc}; fix the line or pass --skip-bad-lines") from None
@@ -90,20 +91,33 @@ class Encoded:
 
 
 def encode_pair(pair: Pair, tokenizer: Tokenizer, max_len: int) -> tuple[Encoded, bool]:
-    """Tokens of prompt + completion + <|endoftext|>, shifted into (inputs, targets); a pair
-    longer than max_len + 1 tokens loses the start of its prompt (then the end of its
-    completion). Returns whether it was truncated."""
-    prompt = tokenizer.encode(pair.prompt)
-    completion = [*tokenizer.encode(pair.completion), tokenizer.eot_id]
+    """The example's tokens shifted into (inputs, targets): prompt + completion + end-of-text,
+    or a chat's pieces, labels on what is learned. An example longer than max_len + 1 tokens
+    loses the start of its context (then its end). Returns whether it was truncated."""
+    if pair.segments:
+        ids, labels = _chat_tokens(pair, tokenizer)
+    else:
+        prompt = tokenizer.encode(pair.prompt)
+        completion = [*tokenizer.encode(pair.completion), tokenizer.eot_id]
+        ids, labels = prompt + completion, [IGNORE_INDEX] * len(prompt) + completion
     budget = max_len + 1
-    truncated = len(prompt) + len(completion) > budget
+    truncated = len(ids) > budget
     if truncated:
-        keep_prompt = max(1, budget - len(completion))
-        prompt = prompt[-keep_prompt:] if prompt else []
-        completion = completion[: budget - len(prompt)]
-    ids = prompt + completion
-    labels = [IGNORE_INDEX] * len(prompt) + completion
+        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), 0)
+        start = max(0, min(first, len(ids) - budget))  # drop context, keep what is learned
+        ids, labels = ids[start : start + budget], labels[start : start + budget]
     return Encoded(ids[:-1], labels[1:]), truncated
+
+
+def _chat_tokens(pair: Pair, tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """A chat's tokens, piece by piece; labels are the tokens of the learned pieces."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, learn in pair.segments:
+        piece = tokenizer.encode(text)
+        ids += piece
+        labels += piece if learn else [IGNORE_INDEX] * len(piece)
+    return ids, labels
 
 
 def encode_pairs(pairs: list[Pair], tokenizer: Tokenizer, max_len: int) -> list[Encoded]:

@@ -9,6 +9,7 @@ import sacrebleu
 from lmforge.config import (
     SamplingConfig,
 )
+from lmforge.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from lmforge.data.classify import (
     classification_batches,
     encode_examples,
@@ -32,8 +33,10 @@ from lmforge.evaluate import (
 )
 from lmforge.generation.loop import generate, require_causal_lm
 from lmforge.plots import plot_confusion_matrix, plot_position_loss
+from lmforge.rundir import layout
 from lmforge.rundir.files import read_text
-from lmforge.rundir.load import load_classifier, load_run
+from lmforge.rundir.load import load_classifier, load_run, read_chat_template
+from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,9 @@ def score_generation(
     limit = max_new_tokens or min(2 * longest + 8, model.cfg.block_size - 1)
     sampling = SamplingConfig(max_new_tokens=limit, temperature=0)
     prompts = [p.prompt for p in pairs]
-    outputs = list(generate(model, tokenizer, prompts, sampling, batch_size=batch_size))
+    template = read_chat_template(run_dir, tokenizer)
+    stop = [template.end_of_turn()] if template is not None else []  # e.g. <|im_end|>
+    outputs = list(generate(model, tokenizer, prompts, sampling, stop, batch_size=batch_size))
     references = [p.completion.strip() for p in pairs]
     hypotheses = [o.strip() for o in outputs]
     exact = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(pairs)
@@ -136,4 +141,8 @@ def score_generation(
 
 def evaluate_sft(run_dir: Path, file: Path, skip_bad_lines: bool = False) -> dict[str, Any]:
     """`lmforge evaluate RUN --sft FILE`: generation scores on a JSONL of pairs."""
-    return score_generation(run_dir, read_pairs(file, skip_bad_lines))
+    tokenizer = Tokenizer.load(Path(run_dir) / layout.TOKENIZER_FILE)
+    template = read_chat_template(run_dir, tokenizer) or ChatTemplate(
+        DEFAULT_TEMPLATE, eos_token=tokenizer.end_token or ""
+    )
+    return score_generation(run_dir, read_pairs(file, skip_bad_lines, template))

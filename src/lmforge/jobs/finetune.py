@@ -26,6 +26,7 @@ from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.config.load import finetune_config, resume_config
+from lmforge.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from lmforge.data.classify import (
     TASK_COLUMNS,
     ClassificationData,
@@ -36,7 +37,7 @@ from lmforge.data.classify import (
     read_task_spec,
     save_label_map,
 )
-from lmforge.data.sft import CHAT_TEMPLATE, ROLES, encode_pairs, read_pairs
+from lmforge.data.sft import encode_pairs, read_pairs
 from lmforge.data.sources import (
     batches_per_task,
     classification_sources,
@@ -63,8 +64,10 @@ from lmforge.rundir.load import (
     classifier_model,
     load_base_weights,
     multitask_model,
+    read_chat_template,
     read_run_config,
     read_tasks,
+    write_chat_template,
 )
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import launched_rank, launched_world_size
@@ -395,24 +398,29 @@ def finetune_sft(
     if not ft.train_file or not ft.valid_file:
         raise ConfigError("finetune sft needs --train FILE and --valid FILE (JSONL)")
     tokenizer = Tokenizer.load(Path(ft.base) / layout.TOKENIZER_FILE)
+    template = chat_template_of(Path(ft.base), tokenizer)
     block = cfg.model.block_size
-    train_set = encode_pairs(read_pairs(Path(ft.train_file), ft.skip_bad_lines), tokenizer, block)
-    valid_pairs = read_pairs(Path(ft.valid_file), ft.skip_bad_lines)
+    train_pairs = read_pairs(Path(ft.train_file), ft.skip_bad_lines, template)
+    train_set = encode_pairs(train_pairs, tokenizer, block)
+    valid_pairs = read_pairs(Path(ft.valid_file), ft.skip_bad_lines, template)
     valid = encode_pairs(valid_pairs, tokenizer, block)
-    template = {"turn": CHAT_TEMPLATE, "prompt_ends_with": "<|assistant|>\n", "roles": ROLES}
     plan = TrainingPlan(
         objective=(partial(sft_loss, label_smoothing=ft.label_smoothing), None),
         sources=lambda world: sft_sources(world, train_set, valid, tokenizer.eot_id),
         tokenizer=tokenizer,
         build=base_model(cfg),
-        run_files=lambda run_dir: write_text_atomic(
-            run_dir / layout.CHAT_TEMPLATE_FILE, json.dumps(template, indent=2)
-        ),
+        run_files=lambda run_dir: write_chat_template(run_dir, template),
     )
     summary = _lm_run(cfg, out, overwrite, resume, plan)
     if not summary["is_main"]:
         return summary
     return {**summary, "generation": score_generation(out, valid_pairs)}
+
+
+def chat_template_of(run_dir: Path, tokenizer: Tokenizer) -> ChatTemplate:
+    """A run's chat template; lmforge's own (data/chat.py) for a run that has none."""
+    template = read_chat_template(run_dir, tokenizer)
+    return template or ChatTemplate(DEFAULT_TEMPLATE, eos_token=tokenizer.end_token or "")
 
 
 # ---------------------------------------------------------------- --resume

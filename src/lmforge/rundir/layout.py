@@ -12,7 +12,8 @@ command that reads a model takes:
     checkpoints/step_NNNNNNN/                the last train.keep_last complete checkpoints
     best/                  the weights of the best evaluation (train.best_metric)
     labels.json · tasks.json · confusion_matrix.png    classifiers
-    chat_template.json     how `finetune sft` rendered chat messages
+    chat_template.jinja    the chat template (special_tokens.json: its bos/eos tokens); runs made
+                           before hold chat_template.json, converted when loaded
     quantization.json + model.int8.safetensors · pruning.json · distillation.json   compressed
 """
 
@@ -32,7 +33,9 @@ BEST_DIR = "best"
 LABELS_FILE = "labels.json"
 TASKS_FILE = "tasks.json"
 CONFUSION_PLOT = "confusion_matrix.png"
-CHAT_TEMPLATE_FILE = "chat_template.json"
+CHAT_TEMPLATE = "chat_template.jinja"  # the Jinja chat template (as transformers saves it)
+SPECIAL_TOKENS_FILE = "special_tokens.json"  # bos_token / eos_token the template may name
+CHAT_TEMPLATE_FILE = "chat_template.json"  # older runs' template (a format string): still read
 QUANTIZATION_FILE = "quantization.json"
 QUANTIZED_WEIGHTS = "model.int8.safetensors"
 PRUNING_FILE = "pruning.json"

@@ -10,6 +10,7 @@ from torch import nn
 
 from lmforge.compress.quantize import load_quantized
 from lmforge.config import RunConfig, from_dict
+from lmforge.data.chat import ChatTemplate, legacy_template
 from lmforge.data.classify import TASK_COLUMNS, load_label_map
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.model import BERT, GPT
@@ -24,6 +25,7 @@ from lmforge.rundir.adapters import (
     read_adapter_config,
 )
 from lmforge.rundir.checkpoint import clean_state_dict, load_weights
+from lmforge.rundir.files import write_text_atomic
 from lmforge.rundir.layout import (
     BEST_DIR,
     CONFIG_FILE,
@@ -186,3 +188,36 @@ def _load_task_head(
     columns = {k: tasks[task][k] for k in TASK_COLUMNS if k in tasks[task]}
     cfg = replace(cfg, finetune=replace(cfg.finetune, **columns))
     return cfg, TaskHead(model, task).eval(), tokenizer, list(tasks[task]["labels"])
+
+
+def read_chat_template(run_dir: Path, tokenizer: Tokenizer) -> ChatTemplate | None:
+    """The run's chat template (chat_template.jinja; an older run's chat_template.json turned
+    into the Jinja template that renders the same text), or None for a plain language model."""
+    run_dir = Path(run_dir)
+    if (run_dir / layout.CHAT_TEMPLATE).is_file():
+        source = (run_dir / layout.CHAT_TEMPLATE).read_text(encoding="utf-8")
+    elif (run_dir / layout.CHAT_TEMPLATE_FILE).is_file():
+        source = legacy_template(_read_json(run_dir / layout.CHAT_TEMPLATE_FILE))
+    else:
+        return None
+    tokens = {"bos_token": "", "eos_token": tokenizer.end_token or ""}
+    if (run_dir / layout.SPECIAL_TOKENS_FILE).is_file():
+        tokens |= _read_json(run_dir / layout.SPECIAL_TOKENS_FILE)
+    return ChatTemplate(source, tokens["bos_token"] or "", tokens["eos_token"] or "")
+
+
+def write_chat_template(run_dir: Path, template: ChatTemplate) -> None:
+    """chat_template.jinja and the special tokens it names, atomically."""
+    write_text_atomic(run_dir / layout.CHAT_TEMPLATE, template.source)
+    tokens = {"bos_token": template.bos_token, "eos_token": template.eos_token}
+    write_text_atomic(run_dir / layout.SPECIAL_TOKENS_FILE, json.dumps(tokens, indent=2))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
