@@ -46,7 +46,7 @@ def test_sampling_flags_reach_the_sampling_config(
 ) -> None:
     seen: list[tuple[SamplingConfig, list[str]]] = []
 
-    def fake_generate(run, prompt, sampling, stop, which):
+    def fake_generate(run, prompt, sampling, stop, which, chat, dtype):
         seen.append((sampling, stop))
         return iter(["ok"])
 

@@ -22,6 +22,12 @@ def add_generate(verbs: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--prompt", default="", help="text to continue (default: a new document)")
     source.add_argument(
+        "--chat",
+        metavar="TEXT",
+        help="answer TEXT as a user's message, in the run's chat template (stops at its end "
+        "of turn)",
+    )
+    source.add_argument(
         "--prompts-file",
         type=Path,
         metavar="FILE",
@@ -47,6 +53,12 @@ def add_generate(verbs: argparse._SubParsersAction) -> None:
         "\\n is a newline and \\t a tab, e.g. --stop '\\n\\n'",
     )
     p.add_argument("--num-samples", type=int, default=1, help="independent samples of --prompt")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute dtype of the model's weights (default float32)",
+    )
     p.add_argument(
         "--json",
         action="store_true",
@@ -107,16 +119,26 @@ def run_generate(args: argparse.Namespace) -> None:
             )
         sampling = _sampling(args, args.seed)
         done = generate.generate_batch(
-            args.run, args.prompts_file, sampling, stop, args.checkpoint, args.batch_size
+            args.run,
+            args.prompts_file,
+            sampling,
+            stop,
+            args.checkpoint,
+            args.batch_size,
+            args.dtype,
         )
         for i, (prompt, text) in enumerate(done):
             _print_completion(args, i, prompt, text)
         return
+    chat = args.chat is not None
+    text = args.chat if chat else args.prompt
     for i in range(args.num_samples):
         sampling = _sampling(args, None if args.seed is None else args.seed + i)
-        pieces = generate.generate(args.run, args.prompt, sampling, stop, args.checkpoint)
+        pieces = generate.generate(
+            args.run, text, sampling, stop, args.checkpoint, chat=chat, dtype=args.dtype
+        )
         if args.json:
-            _print_completion(args, i, args.prompt, "".join(pieces))
+            _print_completion(args, i, text, "".join(pieces))
             continue
         for piece in pieces:
             sys.stdout.write(piece)

@@ -18,15 +18,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.config import ModelConfig, RunConfig
+from lmforge.data.chat import ChatTemplate
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf_layout import (
     HF_BIN_INDEX,
     HF_BIN_WEIGHTS,
+    HF_CHAT_TEMPLATE,
     HF_CONFIG,
     HF_GENERATION_CONFIG,
     HF_MERGES,
     HF_SPECIAL_TOKENS,
     HF_TOKENIZER,
+    HF_TOKENIZER_CONFIG,
     HF_VOCAB_JSON,
     HF_VOCAB_TXT,
     HF_WEIGHTS,
@@ -49,7 +52,13 @@ from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.adapters import is_adapter_run
 from lmforge.rundir.files import staged_directory, write_text_atomic
-from lmforge.rundir.load import build_model, check_vocab, load_run
+from lmforge.rundir.load import (
+    build_model,
+    check_vocab,
+    load_run,
+    read_chat_template,
+    write_chat_template,
+)
 
 log = logging.getLogger(__name__)
 HUB_FILES = [
@@ -256,11 +265,42 @@ def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]
     tokenizer = import_tokenizer(src, model_type)
     check_vocab(tokenizer, cfg, str(src))
     model = model_from_hf(hf_config, read_hf_weights(src))
+    template = read_hf_chat_template(src)
     with staged_directory(out, overwrite) as tmp:
         ckpt.write_run_files(tmp, cfg, tokenizer)
         ckpt.save_weights(model, tmp / layout.MODEL_FILE)
+        if template is not None:
+            write_chat_template(tmp, template)
     log.info("imported %s (%s) into %s", source, model_type, out)
-    return {"out": str(out), "architecture": model_type, "params": model.num_params()}
+    summary = {"out": str(out), "architecture": model_type, "params": model.num_params()}
+    return {**summary, "chat_template": template is not None}
+
+
+def _token_text(value: Any) -> str:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return value if isinstance(value, str) else ""
+
+
+def read_hf_chat_template(src: Path) -> ChatTemplate | None:
+    """A Hugging Face directory's chat template — chat_template.jinja, else the chat_template
+    key of tokenizer_config.json (a string, or named templates of which "default") — with the
+    bos/eos tokens it may name; None for a model without one."""
+    settings = (
+        _read_json(src / HF_TOKENIZER_CONFIG) if (src / HF_TOKENIZER_CONFIG).is_file() else {}
+    )
+    if (src / HF_CHAT_TEMPLATE).is_file():
+        source = (src / HF_CHAT_TEMPLATE).read_text(encoding="utf-8")
+    else:
+        source = settings.get("chat_template")
+        if isinstance(source, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+            source = named.get("default")
+    if not isinstance(source, str) or not source:
+        return None
+    bos, eos = _token_text(settings.get("bos_token")), _token_text(settings.get("eos_token"))
+    return ChatTemplate(source, bos, eos)
 
 
 # ---------------------------------------------------------------- export
@@ -291,8 +331,10 @@ def _convert_to_theirs(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     return theirs
 
 
-def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
-    """Write a (non-adapter) run's model, config and tokenizer files into an existing directory."""
+def write_hf_model(run_dir: Path, directory: Path, chat_run: Path | None = None) -> dict[str, Any]:
+    """Write a (non-adapter) run's model, config and tokenizer files into an existing directory;
+    the chat template (chat_template.jinja, and the tokenizer_config.json key older readers
+    use) comes from chat_run (an adapter run over this base), else from the run itself."""
     cfg, model, tokenizer = load_run(run_dir)
     model_type = export_model_type(cfg.model)
     theirs = _convert_to_theirs(ckpt.clean_state_dict(model), cfg.model)
@@ -303,7 +345,15 @@ def write_hf_model(run_dir: Path, directory: Path) -> dict[str, Any]:
     write_text_atomic(directory / HF_CONFIG, json.dumps(config_to_hf(cfg.model, ids), indent=2))
     save_file(theirs, str(directory / HF_WEIGHTS), metadata={"format": "pt"})
     tokenizer.save(directory / HF_TOKENIZER)
-    for name, content in tokenizer_configs(tokenizer, cfg.model.block_size).items():
+    configs = tokenizer_configs(tokenizer, cfg.model.block_size)
+    template = read_chat_template(chat_run or run_dir, tokenizer)
+    if template is not None:
+        write_text_atomic(directory / HF_CHAT_TEMPLATE, template.source)
+        tokens = {"bos_token": template.bos_token, "eos_token": template.eos_token}
+        for name in (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS):  # the template's bos / eos
+            configs[name] |= {k: v for k, v in tokens.items() if v}
+        configs[HF_TOKENIZER_CONFIG]["chat_template"] = template.source
+    for name, content in configs.items():
         write_text_atomic(directory / name, json.dumps(content, indent=2))
     if cfg.model.arch == "gpt":
         write_text_atomic(directory / HF_GENERATION_CONFIG, json.dumps(generation, indent=2))

@@ -27,6 +27,7 @@ HF_BIN_WEIGHTS = "pytorch_model.bin"
 HF_BIN_INDEX = "pytorch_model.bin.index.json"
 HF_TOKENIZER = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_CHAT_TEMPLATE = "chat_template.jinja"  # where transformers saves it; older: tokenizer_config
 HF_SPECIAL_TOKENS = "special_tokens_map.json"
 HF_VOCAB_JSON = "vocab.json"
 HF_VOCAB_TXT = "vocab.txt"

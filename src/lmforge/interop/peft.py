@@ -150,7 +150,7 @@ def export_peft_adapter(run_dir: Path, out: Path, overwrite: bool = False) -> di
     tensors, modules = peft_tensors(lora_layers(model), cfg.model)
     settings = peft_config(record, model_type, target_modules(modules, model_type, cfg.model))
     with staged_directory(Path(out), overwrite) as tmp:
-        summary = write_hf_model(Path(record["base_run"]), tmp)
+        summary = write_hf_model(Path(record["base_run"]), tmp, chat_run=run_dir)
         (tmp / PEFT_DIR).mkdir()
         write_text_atomic(tmp / PEFT_DIR / PEFT_CONFIG, json.dumps(settings, indent=2))
         save_file(tensors, str(tmp / PEFT_DIR / PEFT_WEIGHTS), metadata={"format": "pt"})

@@ -1,21 +1,62 @@
 """`lmforge generate`: continue one prompt (streamed) or every line of a prompts file."""
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from lmforge.config import SamplingConfig
+from lmforge.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from lmforge.errors import DataError, LMForgeError
 from lmforge.generation.loop import generate as generate_completions
 from lmforge.generation.loop import generate_text
 from lmforge.rundir.files import read_utf8
-from lmforge.rundir.load import load_run
+from lmforge.rundir.load import load_run, read_chat_template
+from lmforge.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_for_generation(
+    run_dir: Path, which: str = "latest", dtype: str = "float32"
+) -> tuple[torch.nn.Module, Tokenizer]:
+    """A run's model in eval mode, its weights cast to `dtype` (computing in it), and tokenizer."""
+    if dtype not in DTYPES:
+        raise LMForgeError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    _, model, tokenizer = load_run(run_dir, which)
+    return model.to(DTYPES[dtype]), tokenizer
+
+
+def chat_prompt(run_dir: Path, tokenizer: Tokenizer, text: str) -> tuple[str, str]:
+    """(the prompt of a one-message chat, the text that ends the answer) by the run's chat
+    template; a run without one uses lmforge's plain template, and says so."""
+    template = read_chat_template(run_dir, tokenizer)
+    if template is None:
+        log.warning("warning: %s has no chat template; using lmforge's plain one", run_dir)
+        template = ChatTemplate(DEFAULT_TEMPLATE, eos_token=tokenizer.end_token or "")
+    messages = [{"role": "user", "content": text}]
+    return template.render(messages, add_generation_prompt=True), template.end_of_turn()
 
 
 def generate(
-    run_dir: Path, prompt: str, sampling: SamplingConfig, stop: list[str], which: str = "latest"
+    run_dir: Path,
+    prompt: str,
+    sampling: SamplingConfig,
+    stop: list[str],
+    which: str = "latest",
+    chat: bool = False,
+    dtype: str = "float32",
 ) -> Iterator[str]:
-    """Stream text continuing `prompt` from a run's model."""
-    _, model, tokenizer = load_run(run_dir, which)
+    """Stream text continuing `prompt` from a run's model; with chat, answer `prompt` as a
+    user's message in the run's chat template, stopping at its end of turn."""
+    model, tokenizer = load_for_generation(run_dir, which, dtype)
+    if chat:
+        prompt, end = chat_prompt(run_dir, tokenizer, prompt)
+        stop = [*stop, end]
     return generate_text(model, tokenizer, prompt, sampling, stop)
 
 
@@ -35,11 +76,12 @@ def generate_batch(
     stop: list[str],
     which: str = "latest",
     batch_size: int = 8,
+    dtype: str = "float32",
 ) -> Iterator[tuple[str, str]]:
     """(prompt, completion) for every prompt of a file, in order, decoded batch_size at a time."""
     if batch_size < 1:
         raise LMForgeError("--batch-size must be >= 1")
     prompts = read_prompts(prompts_file)
-    _, model, tokenizer = load_run(run_dir, which)
+    model, tokenizer = load_for_generation(run_dir, which, dtype)
     completions = generate_completions(model, tokenizer, prompts, sampling, stop, batch_size)
     return zip(prompts, completions, strict=True)
