@@ -220,3 +220,26 @@ def test_missing_and_extra_tensors_are_named(tmp_path: Path, bpe_tokenizer: Toke
     with pytest.raises(CheckpointError, match=r"lacks 1 tensors.*layers\.1\.self_attn\.k_norm"):
         import_hf(str(tmp_path / "hf"), tmp_path / "run")
     assert hf.config.model_type == "qwen3"
+
+
+def test_llama_nano_config_pretrains_and_exports_as_llama(
+    tmp_path: Path, prepared_dir: Path
+) -> None:
+    """configs/llama-nano-cpu.yaml: the family from scratch, through the real CLI."""
+    from lmforge.cli.main import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "llama-nano-cpu.yaml"
+    sets = ["train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1"]
+    sets += ["train.progress=false", "model.block_size=32", "train.batch_size=4"]
+    args = ["-q", "pretrain", "--config", str(config), "--data", str(prepared_dir)]
+    assert (
+        main([*args, "--out", str(tmp_path / "run"), *(x for s in sets for x in ("--set", s))]) == 0
+    )
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(theirs).__name__ == "LlamaForCausalLM"
+    cfg, ours, _ = load_run(tmp_path / "run")
+    assert (cfg.model.norm, cfg.model.activation, cfg.model.kv_heads) == ("rmsnorm", "swiglu", 2)
+    ids = random_ids(cfg.model.vocab_size, (2, 32), seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), atol=ATOL, rtol=0)
