@@ -5,8 +5,9 @@
 
 A random-initialised transformers model — GPT2LMHeadModel of the GPT-2-small shape (124M), or
 LlamaForCausalLM with SmolLM2-135M's config (RMSNorm, SwiGLU, RoPE, 9 query / 3 key-value heads,
-tied embeddings) — is converted in memory to our GPT, so both decode with identical weights. Batch 1, a 16-token prompt, 128 new tokens,
-greedy, KV cache on both sides; runs alternate ours/theirs so both see the same machine speed.
+tied embeddings) — is converted in memory to our GPT, so both decode with identical weights.
+Batch 1, a 16-token prompt, 128 new tokens, greedy, KV cache on both sides, fp32; runs alternate
+ours/theirs so both see the same machine speed.
 Also: batch-8 throughput, the time to the first new token of a 512-token prompt (prefill, through
 `generate` on both sides), a calibration matmul, and the share of the memory-read
 limit (weight bytes per token × tokens/s ÷ measured read bandwidth). The last line is JSON.
