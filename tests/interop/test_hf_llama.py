@@ -243,3 +243,47 @@ def test_llama_nano_config_pretrains_and_exports_as_llama(
     ids = random_ids(cfg.model.vocab_size, (2, 32), seed=8)
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, ours(ids), atol=ATOL, rtol=0)
+
+
+def test_extra_tensors_are_named(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _save_twin("llama", tmp_path / "hf", bpe_tokenizer, tmp_path)
+    weights = tmp_path / "hf" / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["model.layers.2.mlp.up_proj.weight"] = torch.zeros(56, 32)  # a layer too many
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 tensors.*model\.layers\.2\.mlp\.up_proj"):
+        import_hf(str(tmp_path / "hf"), tmp_path / "run")
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(
+    tmp_path: Path, bpe_tokenizer: Tokenizer
+) -> None:
+    _save_twin("qwen2", tmp_path / "hf", bpe_tokenizer, tmp_path)
+    other = Tokenizer.train_bpe(["some other text entirely"] * 10, vocab_size=300)
+    other.save(tmp_path / "hf" / "tokenizer.json")
+    with pytest.raises(
+        CheckpointError, match=r"tokenizer has \d+ tokens but the model expects 400"
+    ):
+        import_hf(str(tmp_path / "hf"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_and_sharded_checkpoints_import(
+    tmp_path: Path, bpe_tokenizer: Tokenizer, dtype: torch.dtype
+) -> None:
+    """Weights saved in bf16 / fp16 over several shards (an index file) import exactly: our
+    fp32 model computes what theirs computes on the same weights upcast."""
+    hf = _save_twin("qwen3", tmp_path / "full", bpe_tokenizer, tmp_path)
+    hf.to(dtype).save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "hf" / name).write_bytes((tmp_path / "full" / name).read_bytes())
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    import_hf(str(tmp_path / "hf"), tmp_path / "run")
+    _, ours, _ = load_run(tmp_path / "run")
+    # their model from the same files, in fp32 (its rotary table recomputed, not cast back)
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = random_ids(hf.config.vocab_size, (2, 20), seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=ATOL, rtol=0)

@@ -228,7 +228,10 @@ def _load_into(
         used |= {"^lm_head.weight", "^embed_out.weight"}
     extra = sorted(full_name(n, model_type) for n in set(names) - used)
     if extra:
-        log.warning("ignored %d tensors lmforge has no place for: %s", len(extra), extra[:6])
+        raise CheckpointError(
+            f"the checkpoint holds {len(extra)} tensors its config.json does not describe, "
+            f"e.g. {extra[:4]}; is config.json the one saved with these weights?"
+        )
 
 
 def _report_missing(missing: list[Rule], model_type: str) -> None:
