@@ -24,7 +24,9 @@ def _write_vocab(path: Path) -> None:
     path.write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
 
 
-def _save_hf_bert(out: Path, tmp: Path, model_class: type = BertForPreTraining) -> torch.nn.Module:
+def _save_hf_bert(
+    out: Path, tmp: Path, model_class: type = BertForPreTraining, intermediate: int = 128
+) -> torch.nn.Module:
     tmp.mkdir(parents=True, exist_ok=True)
     _write_vocab(tmp / "vocab.txt")
     tokenizer = BertTokenizerFast.from_pretrained(tmp)  # reads vocab.txt
@@ -33,7 +35,7 @@ def _save_hf_bert(out: Path, tmp: Path, model_class: type = BertForPreTraining) 
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=128,
+        intermediate_size=intermediate,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
@@ -50,8 +52,12 @@ def _inputs(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, types, right_padding([24, 15, 6], 24)
 
 
-def test_imported_bert_mlm_and_nsp_logits_match_with_padding(tmp_path: Path) -> None:
-    hf = _save_hf_bert(tmp_path / "hf", tmp_path / "vocab")
+@pytest.mark.parametrize("intermediate", [128, 48], ids=["4x", "tinybert-style"])
+def test_imported_bert_mlm_and_nsp_logits_match_with_padding(
+    tmp_path: Path, intermediate: int
+) -> None:
+    """Any MLP width imports (TinyBERT-style checkpoints are not 4x their width)."""
+    hf = _save_hf_bert(tmp_path / "hf", tmp_path / "vocab", intermediate=intermediate)
     import_hf(str(tmp_path / "hf"), tmp_path / "run")
     _, ours, _ = load_run(tmp_path / "run")
     ids, types, mask = _inputs(hf.config.vocab_size)
