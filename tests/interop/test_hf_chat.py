@@ -27,10 +27,10 @@ CHATML = (
 LLAMA3_STYLE = (
     "{{ bos_token }}{% if messages[0]['role'] != 'system' %}"
     "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nYou help.<|eot_id|>' }}{% endif %}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role') }}{% endif %}"
-    "{% if loop.index > 20 %}{% break %}{% endif %}"
+    "{% for message in messages %}\n"  # newlines after block tags: trim_blocks drops them
+    "    {% if message['role'] not in ['system', 'user', 'assistant'] %}\n"
+    "{{ raise_exception('unknown role') }}{% endif %}\n"
+    "    {% if loop.index > 20 %}{% break %}{% endif %}\n"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
     "{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endfor %}"
     "{% if add_generation_prompt %}"
