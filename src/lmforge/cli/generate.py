@@ -34,7 +34,25 @@ def add_generate(verbs: argparse._SubParsersAction) -> None:
         help="continue every line of this UTF-8 file (blank lines skipped), in batches",
     )
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
-    for key, default, help in all_keys(SamplingConfig):  # one flag per field, with its help
+    add_sampling_flags(p)
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples of --prompt")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per completion: {"prompt": ..., "completion": ...}',
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=["latest", "best"],
+        default="latest",
+        help="the latest weights or those with the best validation loss",
+    )
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per SamplingConfig field (with its help), --stop and --dtype: generate's and
+    chat's."""
+    for key, default, help in all_keys(SamplingConfig):
         flag = "--" + key.replace("_", "-")
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", help=help)
@@ -52,23 +70,11 @@ def add_generate(verbs: argparse._SubParsersAction) -> None:
         help="end a text where this string appears, leaving it out (repeatable); "
         "\\n is a newline and \\t a tab, e.g. --stop '\\n\\n'",
     )
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples of --prompt")
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         default="float32",
         help="compute dtype of the model's weights (default float32)",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help='print one JSON object per completion: {"prompt": ..., "completion": ...}',
-    )
-    p.add_argument(
-        "--checkpoint",
-        choices=["latest", "best"],
-        default="latest",
-        help="the latest weights or those with the best validation loss",
     )
 
 
@@ -77,7 +83,8 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
 
 
-def _sampling(args: argparse.Namespace, seed: int | None) -> SamplingConfig:
+def sampling_config(args: argparse.Namespace, seed: int | None) -> SamplingConfig:
+    """The SamplingConfig of the sampling flags (temperature 0 by default with --beams)."""
     temperature = args.temperature
     if temperature is None:  # beam search does not sample: its default is 0
         temperature = 0.0 if args.beams > 1 else SamplingConfig().temperature
@@ -117,7 +124,7 @@ def run_generate(args: argparse.Namespace) -> None:
             raise LMForgeError(
                 "--num-samples works with --prompt; repeat lines of the file instead"
             )
-        sampling = _sampling(args, args.seed)
+        sampling = sampling_config(args, args.seed)
         done = generate.generate_batch(
             args.run,
             args.prompts_file,
@@ -133,7 +140,7 @@ def run_generate(args: argparse.Namespace) -> None:
     chat = args.chat is not None
     text = args.chat if chat else args.prompt
     for i in range(args.num_samples):
-        sampling = _sampling(args, None if args.seed is None else args.seed + i)
+        sampling = sampling_config(args, None if args.seed is None else args.seed + i)
         pieces = generate.generate(
             args.run, text, sampling, stop, args.checkpoint, chat=chat, dtype=args.dtype
         )

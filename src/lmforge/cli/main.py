@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmforge.cli import (
+    chat,
     compress,
     estimate,
     evaluate,
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_prepare(verbs)
     pretrain.add_pretrain(verbs, _config_keys_epilog())
     generate.add_generate(verbs)
+    chat.add_chat(verbs)
     evaluate.add_evaluate(verbs)
     finetune.add_finetune(verbs, _config_keys_epilog())
     predict.add_predict(verbs)
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepare": prepare.run_prepare,
         "pretrain": pretrain.run_pretrain,
         "generate": generate.run_generate,
+        "chat": chat.run_chat,
         "evaluate": evaluate.run_evaluate,
         "compress": compress.run_compress,
         "lora": lora.run_lora,
