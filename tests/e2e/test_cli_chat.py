@@ -22,7 +22,7 @@ def _chat(run: Path, lines: list[str], *flags: str) -> subprocess.CompletedProce
 def test_two_turns_reset_and_exit(trained_run: Path) -> None:
     done = _chat(trained_run, ["The list", "and a dict", "/reset", "/exit", "/reset"])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip()  # the answers, streamed to stdout
+    assert len(done.stdout) > 2  # the answers' tokens, streamed, then a newline after each
     assert done.stderr.count("no chat template") == 1  # a base model: said once
     assert done.stderr.count("conversation reset") == 1  # nothing runs after /exit
     one = _chat(trained_run, ["The list"])  # greedy: the first answer again, then EOF leaves
