@@ -19,6 +19,7 @@ from lmforge.cli import (
     predict,
     prepare,
     pretrain,
+    serve,
 )
 from lmforge.config import all_keys, load_config, to_dict
 from lmforge.errors import LMForgeError
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_pretrain(verbs, _config_keys_epilog())
     generate.add_generate(verbs)
     chat.add_chat(verbs)
+    serve.add_serve(verbs)
     evaluate.add_evaluate(verbs)
     finetune.add_finetune(verbs, _config_keys_epilog())
     predict.add_predict(verbs)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": pretrain.run_pretrain,
         "generate": generate.run_generate,
         "chat": chat.run_chat,
+        "serve": serve.run_serve,
         "evaluate": evaluate.run_evaluate,
         "compress": compress.run_compress,
         "lora": lora.run_lora,
