@@ -14,6 +14,7 @@ from lmforge.cli import (
     evaluate,
     finetune,
     generate,
+    harness,
     interop,
     lora,
     predict,
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_generate(verbs)
     chat.add_chat(verbs)
     serve.add_serve(verbs)
+    harness.add_harness(verbs)
     evaluate.add_evaluate(verbs)
     finetune.add_finetune(verbs, _config_keys_epilog())
     predict.add_predict(verbs)
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": generate.run_generate,
         "chat": chat.run_chat,
         "serve": serve.run_serve,
+        "harness": harness.run_harness,
         "evaluate": evaluate.run_evaluate,
         "compress": compress.run_compress,
         "lora": lora.run_lora,
