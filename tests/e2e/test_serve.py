@@ -195,3 +195,33 @@ def test_a_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if it were not installed
     with pytest.raises(LMForgeError, match=r"pip install 'lmforge\[serve\]'"):
         require_serve_extra()
+
+
+def test_the_chat_page_is_served(server: str) -> None:
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assert "/v1/chat/completions" in page.text  # it talks to this server, no CDN
+    assert "http" not in page.text.replace("http-equiv", "")  # nothing fetched from elsewhere
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium installed for Playwright")
+def test_the_chat_page_in_a_browser(server: str) -> None:  # pragma: no cover - needs a browser
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_browser())
+        page = browser.new_page()
+        page.goto(f"{server}/")
+        page.fill("#text", "hello")
+        page.click("#send")
+        page.wait_for_selector(".assistant")
+        page.click("#stop")
+        page.wait_for_function("!document.getElementById('send').disabled")
+        assert page.locator(".user").inner_text() == "hello"
+        browser.close()

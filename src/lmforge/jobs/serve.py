@@ -1,9 +1,10 @@
 """`lmforge serve`: a run behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the `[serve]`
 extra).
 
-Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions
-(server-sent events with `stream`), GET /tokenizer_info and POST /tokenize (what lm-eval's
-`local-completions` model asks for). Errors are OpenAI's JSON, {"error": {"message", "type",
+Endpoints: GET / (a chat page: assets/chat.html), GET /health, GET /v1/models,
+POST /v1/completions, POST /v1/chat/completions (server-sent events with `stream`),
+GET /tokenizer_info and POST /tokenize (what lm-eval's `local-completions` model asks for).
+Errors are OpenAI's JSON, {"error": {"message", "type",
 "param", "code"}}, with 400 (bad values, too long), 401 (API key), 422 (wrong types, malformed
 JSON) and 429 (queue full); the server keeps serving. Fields the API defines that lmforge does
 not use are accepted and ignored.
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -403,7 +405,7 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
     """The FastAPI application serving `served`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
@@ -474,6 +476,10 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
                 cancelled.set()
 
         return StreamingResponse(relay(), media_type="text/event-stream")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return files("lmforge").joinpath("assets/chat.html").read_text(encoding="utf-8")
 
     @app.get("/health")
     def health() -> dict:
