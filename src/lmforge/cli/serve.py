@@ -28,6 +28,7 @@ def add_serve(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--queue-size", type=int, default=64, help="requests that may wait; more get 429"
     )
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
@@ -39,4 +40,5 @@ def add_serve(verbs: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     from lmforge.jobs.serve import serve
 
-    serve(args.run, args.host, args.port, args.api_key, args.queue_size, args.dtype)
+    settings = (args.api_key, args.queue_size, args.dtype, args.max_batch)
+    serve(args.run, args.host, args.port, *settings)

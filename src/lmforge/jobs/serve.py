@@ -9,8 +9,9 @@ Errors are OpenAI's JSON, {"error": {"message", "type",
 JSON) and 429 (queue full); the server keeps serving. Fields the API defines that lmforge does
 not use are accepted and ignored.
 
-Requests are decoded one at a time, in arrival order (a lock around the model); up to
-`queue_size` may wait. Continuous batching of concurrent requests is not done yet.
+Requests waiting together are decoded together (jobs/batching.py, up to `max_batch` rows); up
+to `queue_size` may wait. A request arriving during a batch waits for the next one: requests do
+not yet join a running batch.
 """
 
 import json
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from lmforge.config import SamplingConfig
 from lmforge.data.chat import DEFAULT_TEMPLATE, ChatTemplate
 from lmforge.errors import ConfigError, LMForgeError
-from lmforge.generation.loop import generate_tokens
 from lmforge.generation.sampling import require_causal_lm
+from lmforge.jobs.batching import Batcher
 from lmforge.jobs.generate import load_for_generation
 from lmforge.rundir.load import read_chat_template
 from lmforge.tokenizer import Tokenizer
@@ -74,19 +75,22 @@ class Model:
     tokenizer: Tokenizer
     template: ChatTemplate
     lock: threading.Lock
+    batcher: Batcher
 
     @property
     def context(self) -> int:
         return self.model.cfg.block_size
 
 
-def load_model(run_dir: Path, dtype: str = "float32") -> Model:
+def load_model(run_dir: Path, dtype: str = "float32", max_batch: int = 8) -> Model:
     model, tokenizer = load_for_generation(run_dir, "latest", dtype)
     require_causal_lm(model)
     template = read_chat_template(run_dir, tokenizer) or ChatTemplate(
         DEFAULT_TEMPLATE, eos_token=tokenizer.end_token or ""
     )
-    return Model(Path(run_dir).resolve().name, model, tokenizer, template, threading.Lock())
+    lock = threading.Lock()
+    batcher = Batcher(model, tokenizer, lock, max_batch)
+    return Model(Path(run_dir).resolve().name, model, tokenizer, template, lock, batcher)
 
 
 # ---------------------------------------------------------------- request values
@@ -181,30 +185,6 @@ def token_logprobs(model: torch.nn.Module, ids: list[int]) -> list[float | None]
     return [None, *logp.tolist()]
 
 
-def decode_stream(
-    served: Model, ids: list[int], sampling: SamplingConfig, stops: list[str]
-) -> Iterator[tuple[str, list[int], str | None]]:
-    """(new text, new token ids, finish reason or None) as the tokens come; ends at the end-of-
-    text token, a stop string (left out) or max_tokens."""
-    tokenizer, new, sent = served.tokenizer, [], ""
-    stop_ids = [tokenizer.eot_id]
-    for token in generate_tokens(served.model, ids, sampling, stop_ids):
-        new.append(token)
-        text = tokenizer.decode(new)
-        cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            yield text[len(sent) : cut], new, "stop"
-            return
-        held = max((len(s) - 1 for s in stops), default=0)
-        ready = len(text.rstrip("\ufffd")) - held
-        if ready > len(sent):
-            piece, sent = text[len(sent) : ready], text[:ready]
-            yield piece, new, None
-    text = tokenizer.decode(new)
-    finish = "length" if len(new) >= sampling.max_new_tokens else "stop"
-    yield text[len(sent) :], new, finish
-
-
 def check_length(served: Model, ids: list[int], max_tokens: int) -> None:
     if len(ids) + max_tokens > served.context:
         raise APIError(
@@ -226,9 +206,8 @@ def completion(served: Model, body: dict) -> dict[str, Any]:
         check_length(served, ids, max_tokens)
         text, new, finish = "", [], "length"
         if max_tokens > 0:
-            with served.lock:
-                for piece, so_far, reason in decode_stream(served, ids, sampling, stops):
-                    text, new, finish = text + piece, so_far, reason or finish
+            for piece, so_far, reason in served.batcher.stream(ids, sampling, stops):
+                text, new, finish = text + piece, so_far, reason or finish
         choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
         if echo:
             choice["text"] = served.tokenizer.decode(ids) + text
@@ -309,9 +288,8 @@ def chat_completion(served: Model, body: dict) -> dict[str, Any]:
     sampling = SamplingConfig(**{**_fields(sampling), "max_new_tokens": max(max_tokens, 1)})
     stops = [*_stops(body), served.template.end_of_turn()]
     text, new, finish = "", [], "length"
-    with served.lock:
-        for piece, so_far, reason in decode_stream(served, ids, sampling, stops):
-            text, new, finish = text + piece, so_far, reason or finish
+    for piece, so_far, reason in served.batcher.stream(ids, sampling, stops):
+        text, new, finish = text + piece, so_far, reason or finish
     message = {"role": "assistant", "content": text}
     choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
     used = {"prompt_tokens": len(ids), "completion_tokens": len(new)}
@@ -361,16 +339,15 @@ def stream_events(
     if plan.chat:
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         yield _event(base | {"choices": [first]})
-    with served.lock:
-        for piece, _, finish in decode_stream(served, plan.ids, plan.sampling, plan.stops):
-            if cancelled is not None and cancelled.is_set():
-                return
-            if plan.chat:
-                delta = {"content": piece} if piece else {}
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
-            yield _event(base | {"choices": [choice]})
+    for piece, _, finish in served.batcher.stream(plan.ids, plan.sampling, plan.stops, cancelled):
+        if cancelled is not None and cancelled.is_set():
+            return
+        if plan.chat:
+            delta = {"content": piece} if piece else {}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
+        yield _event(base | {"choices": [choice]})
     yield "data: [DONE]\n\n"
 
 
@@ -483,7 +460,8 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": served.name}
+        batches = served.batcher.batches
+        return {"status": "ok", "model": served.name, "largest_batch": max(batches, default=0)}
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -533,12 +511,15 @@ def serve(
     api_key: str | None = None,
     queue_size: int = 64,
     dtype: str = "float32",
+    max_batch: int = 8,
 ) -> None:
     """Serve a run until interrupted."""
     require_serve_extra()
     check_options(host, port, queue_size)
     import uvicorn
 
-    served = load_model(run_dir, dtype)
+    if max_batch < 1:
+        raise ConfigError("--max-batch must be >= 1")
+    served = load_model(run_dir, dtype, max_batch)
     app = build_app(served, api_key, queue_size)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -102,7 +102,9 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     The weights must not change inside the block (the copies would be stale). Where oneDNN is
     missing, or enabled is False, nothing changes and 0 is yielded.
     """
-    linears = [m for m in model.modules() if _packable(m)] if enabled else []
+    # a module patched by an enclosing block keeps its packed weights (and its patch on exit)
+    linears = [m for m in model.modules() if _packable(m) and "forward" not in vars(m)]
+    linears = linears if enabled else []
     if not linears or not packing_available():
         yield 0
         return
