@@ -126,3 +126,50 @@ def test_the_harness_verb_prints_lm_evals_results(
         main(["harness", str(trained_run), "--tasks", "no_such_task", "--include-path", str(tasks)])
         == 2
     )
+
+
+def test_lm_evals_local_completions_against_serve_scores_as_the_adapter(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """lm-eval's own OpenAI-completions model, pointed at `lmforge serve`, gets the scores the
+    in-process adapter gets (max_length = the context minus the one token it asks for)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from lm_eval.tasks import TaskManager
+
+    from lmforge.rundir.load import read_run_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "lmforge", "serve", str(trained_run), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        tasks = _tasks(tmp_path)
+        register()
+        manager = TaskManager(include_path=str(tasks))
+        context = read_run_config(trained_run).model.block_size
+        remote = (
+            f"base_url=http://127.0.0.1:{port}/v1/completions,tokenized_requests=True,"
+            f"max_length={context - 1},model=run,num_concurrent=1"
+        )
+        scores = {}
+        for model, args in (("local-completions", remote), ("lmforge", f"run={trained_run}")):
+            out = lm_eval.simple_evaluate(
+                model=model, model_args=args, tasks=["lmforge_mc"], task_manager=manager, limit=12
+            )
+            scores[model] = out["results"]["lmforge_mc"]["acc,none"]
+        assert scores["local-completions"] == scores["lmforge"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -3,7 +3,8 @@ extra).
 
 Endpoints: GET / (a chat page: assets/chat.html), GET /health, GET /v1/models,
 POST /v1/completions, POST /v1/chat/completions (server-sent events with `stream`),
-GET /tokenizer_info and POST /tokenize (what lm-eval's `local-completions` model asks for).
+GET /tokenizer_info, POST /tokenize and /detokenize (what lm-eval's `local-completions` model
+asks for).
 Errors are OpenAI's JSON, {"error": {"message", "type",
 "param", "code"}}, with 400 (bad values, too long), 401 (API key), 422 (wrong types, malformed
 JSON) and 429 (queue full); the server keeps serving. Fields the API defines that lmforge does
@@ -488,6 +489,9 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
         return {
             "eos_token": tokenizer.end_token,
             "eos_token_id": tokenizer.eot_id,
+            "bos_token": served.template.bos_token or None,
+            "pad_token": tokenizer.end_token,
+            "chat_template": served.template.source,
             "vocab_size": tokenizer.vocab_size,
             "model_max_length": served.context,
         }
@@ -500,6 +504,14 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
             raise APIError(422, 'tokenize takes {"prompt": TEXT}', "prompt")
         ids = served.tokenizer.encode(text)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.context}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        body = await body_of(request)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list):
+            raise APIError(422, "detokenize takes {\"tokens\": [ids]}", "tokens")
+        return {"prompt": served.tokenizer.decode(_checked_ids(tokens, served.tokenizer))}
 
     return app
 
