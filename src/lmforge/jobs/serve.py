@@ -510,7 +510,7 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
         body = await body_of(request)
         tokens = body.get("tokens")
         if not isinstance(tokens, list):
-            raise APIError(422, "detokenize takes {\"tokens\": [ids]}", "tokens")
+            raise APIError(422, 'detokenize takes {"tokens": [ids]}', "tokens")
         return {"prompt": served.tokenizer.decode(_checked_ids(tokens, served.tokenizer))}
 
     return app
