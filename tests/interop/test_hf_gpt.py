@@ -19,7 +19,7 @@ from lmforge.model import GPT
 from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
-from .twins import TORTURE, random_ids, right_padding, scaled_init, tiny_run
+from .twins import TORTURE, hf_greedy, random_ids, right_padding, scaled_init, tiny_run
 
 ATOL = 1e-4
 
@@ -84,14 +84,7 @@ def test_greedy_generation_of_64_tokens_equals_transformers(imported: tuple) -> 
     hf, ours = imported
     prompt = random_ids(hf.config.vocab_size, (1, 12), seed=3)
     with torch.no_grad():
-        theirs = hf.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=64,
-            min_new_tokens=64,
-            do_sample=False,
-            pad_token_id=0,
-        )[0, 12:].tolist()
+        theirs = hf_greedy(hf, prompt)
     sampling = SamplingConfig(max_new_tokens=64, temperature=0)
     mine = list(generate_tokens(ours, prompt[0].tolist(), sampling))
     assert len(theirs) == 64

@@ -26,7 +26,7 @@ from lmforge.interop.hf import export_hf, import_hf
 from lmforge.rundir.load import load_run
 from lmforge.tokenizer import Tokenizer
 
-from .twins import random_ids, right_padding, scaled_init, tiny_run
+from .twins import hf_greedy, random_ids, right_padding, scaled_init, tiny_run
 
 ATOL = 1e-4
 SHAPE = {
@@ -107,14 +107,7 @@ def test_greedy_64_tokens_and_cached_decoding(imported: tuple) -> None:
     hf, ours, _ = imported
     prompt = random_ids(hf.config.vocab_size, (1, 12), seed=3)
     with torch.no_grad():
-        theirs = hf.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=64,
-            min_new_tokens=64,
-            do_sample=False,
-            pad_token_id=0,
-        )[0, 12:].tolist()
+        theirs = hf_greedy(hf, prompt)
         full = ours(torch.tensor([prompt[0].tolist() + theirs]))[0]
         cache = ours.new_kv_cache(1)
         stepped = [ours(prompt, kv_cache=cache)[0]]

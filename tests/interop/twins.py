@@ -55,3 +55,17 @@ def tiny_run(directory: Path, tokenizer: Tokenizer, **model: object) -> Path:
     ckpt.write_run_files(directory, cfg, tokenizer)
     ckpt.save_weights(net, directory / layout.MODEL_FILE)
     return directory
+
+
+def hf_greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int = 64) -> list[int]:
+    """transformers' greedy generate of exactly new_tokens tokens after a (1, T) prompt."""
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, prompt.shape[1] :].tolist()

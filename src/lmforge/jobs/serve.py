@@ -469,19 +469,21 @@ def build_app(served: Model, api_key: str | None = None, queue_size: int = 64) -
         card = {"id": served.name, "object": "model", "created": 0, "owned_by": "lmforge"}
         return {"object": "list", "data": [card | {"max_model_len": served.context}]}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
+    async def answer(request: Request, chat: bool) -> Any:
+        """A completion or chat answer: streamed as events, or whole once decoded."""
         body = await body_of(request)
         if body.get("stream"):
-            return streamed(body, chat=False)
-        return await run_in_threadpool(queued, completion, served, body)
+            return streamed(body, chat)
+        work = chat_completion if chat else completion
+        return await run_in_threadpool(queued, work, served, body)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await answer(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body = await body_of(request)
-        if body.get("stream"):
-            return streamed(body, chat=True)
-        return await run_in_threadpool(queued, chat_completion, served, body)
+        return await answer(request, chat=True)
 
     @app.get("/tokenizer_info")
     def tokenizer_info() -> dict:
