@@ -1,26 +1,29 @@
-"""Batched decoding for `lmforge serve`: requests waiting together are decoded together.
+"""Continuous batching for `lmforge serve`: requests join the running batch between tokens.
 
-One scheduler thread owns decoding. It takes the oldest waiting request and every other waiting
-request that samples the same way (all greedy ones, or the same temperature, top_p and seed),
-up to `max_batch`, and decodes them as one left-padded batch through the KV cache: a row's
-pieces reach its client as they come, a row ends at the end-of-text token, a stop string, its
-own max_tokens or when its client leaves, and the batch ends when its last row does. Requests
-that arrive meanwhile wait for the next batch (they do not join the running one).
+One scheduler thread owns decoding. At every token boundary it takes waiting requests that
+sample the way the running batch does (all greedy ones, or equal temperature, top_p and seed)
+into the batch, up to `max_batch` rows, and drops the rows that ended (end-of-text token, a stop
+string, their own max_tokens, their client leaving). When the rows change, the batch's KV cache
+is rebuilt by one left-padded prefill of every row's tokens so far (prompt and answer), each row
+keeping its own positions; otherwise each step feeds one token per row. A row's text reaches its
+client as it comes. Requests that sample differently wait until the running batch has ended.
 
-Greedy rows are decoded as they would be alone (the batch is left-padded and each row keeps its
-own positions); tested in tests/e2e/test_serve.py.
+Greedy rows are decoded as they would be alone (tested in tests/e2e/test_serve.py and
+tests/e2e/test_batching.py).
 """
 
 import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from lmforge.config import SamplingConfig
-from lmforge.generation.loop import generate_batch_tokens
+from lmforge.generation.sampling import advance, prefill, sample_next
+from lmforge.model.attention import KVCache
 from lmforge.model.onednn import packed_linears
 from lmforge.tokenizer import Tokenizer
 
@@ -57,7 +60,8 @@ class Batcher:
         self.model, self.tokenizer, self.lock, self.max_batch = model, tokenizer, lock, max_batch
         self.incoming: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()
-        self.batches: list[int] = []  # sizes of the batches decoded so far
+        self.batches: list[int] = []  # the batch's size each time its rows changed
+        self.joins = 0  # requests that joined a batch already running
         threading.Thread(target=self._run, daemon=True, name="lmforge-batcher").start()
 
     def stream(
@@ -74,52 +78,82 @@ class Batcher:
             yield event
 
     def _run(self) -> None:
-        with packed_linears(self.model):  # packed once for the server's life
-            self._serve()
+        with torch.inference_mode(), packed_linears(self.model):  # packed for the server's life
+            while True:
+                active: list[Job] = []
+                try:
+                    self._serve(active)
+                except Exception as exc:  # a failed step ends its batch, never the server
+                    for job in active:
+                        if not job.done:
+                            self._finish(job, "", f"error: {exc}")
 
-    def _serve(self) -> None:
+    def _serve(self, active: list[Job]) -> None:
+        """Decode until a step fails; `active` is the running batch (the caller's list)."""
+        cache, logits, generator = None, None, None
         while True:
-            if not self.waiting:
-                self.waiting.append(self.incoming.get())
+            if not active and not self.waiting:
+                self.waiting.append(self.incoming.get())  # idle: wait for a request
             while not self.incoming.empty():
                 self.waiting.append(self.incoming.get_nowait())
-            batch = self._take()
-            self.batches.append(len(batch))
+            joining = self._joining(active)
+            if joining or cache is None:
+                if active and joining:
+                    self.joins += len(joining)
+                active.extend(joining)
+                self.batches.append(len(active))
+                with self.lock:
+                    cache, logits = self._prefill(active)
+                generator = self._generator(active[0].sampling)
             with self.lock:
-                self._decode(batch)
+                tokens = self._step(active, logits, generator)
+            for job, token in zip(active, tokens.tolist(), strict=True):
+                if not job.done:
+                    self._advance(job, token, self.tokenizer.eot_id)
+            for job in active:
+                if job.cancelled.is_set() and not job.done:
+                    self._finish(job, "", "cancelled")
+            live = [job for job in active if not job.done]
+            if len(live) != len(active):  # rows left: rebuild the batch without them
+                active[:], cache = live, None
+                continue
+            with self.lock:
+                logits = self._feed(active, cache, tokens)
 
-    def _take(self) -> list[Job]:
-        """The oldest waiting job and those that sample as it does, in arrival order."""
-        key = batch_key(self.waiting[0].sampling)
-        batch = [job for job in self.waiting if batch_key(job.sampling) == key]
-        batch = batch[: self.max_batch]
-        for job in batch:
+    def _joining(self, active: list[Job]) -> list[Job]:
+        """Waiting jobs that sample as the running batch does (or as the oldest waiting one,
+        when nothing runs), in arrival order, while rows are free."""
+        if not self.waiting:
+            return []
+        key = batch_key((active or list(self.waiting))[0].sampling)
+        room = self.max_batch - len(active)
+        joining = [job for job in self.waiting if batch_key(job.sampling) == key][:room]
+        for job in joining:
             self.waiting.remove(job)
-        return batch
+        return joining
 
-    def _decode(self, batch: list[Job]) -> None:
-        eot = self.tokenizer.eot_id
-        longest = max(job.sampling.max_new_tokens for job in batch)
-        sampling = replace(batch[0].sampling, max_new_tokens=longest)
-        prompts = [job.ids for job in batch]
-        events = generate_batch_tokens(self.model, prompts, sampling, pad_id=eot)
-        try:
-            for row, token in events:
-                job = batch[row]
-                if not job.done:
-                    self._advance(job, token, eot)
-                if all(job.done or job.cancelled.is_set() for job in batch):
-                    break
-        except Exception as exc:  # a decoding failure ends the batch, never the server
-            for job in batch:
-                if not job.done:
-                    self._finish(job, "", f"error: {exc}")
-        finally:
-            events.close()
-            for job in batch:
-                if not job.done:
-                    reason = "length" if len(job.new) >= job.sampling.max_new_tokens else "stop"
-                    self._finish(job, self._text(job)[len(job.sent) :], reason)
+    def _rows(self, jobs: list[Job]) -> list[list[int]]:
+        """Every row's tokens so far, cut to the last 3/4 of the context when they outgrow it."""
+        limit, keep = self.model.cfg.block_size - 1, self.model.cfg.block_size * 3 // 4
+        rows = [[*job.ids, *job.new] for job in jobs]
+        return [row if len(row) <= limit else row[-keep:] for row in rows]
+
+    def _prefill(self, jobs: list[Job]) -> tuple[KVCache, torch.Tensor]:
+        rows = self._rows(jobs)
+        cache = self.model.new_kv_cache(len(rows))
+        return cache, prefill(self.model, cache, rows, self.tokenizer.eot_id)
+
+    def _feed(self, jobs: list[Job], cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+        return advance(self.model, cache, tokens, self._rows(jobs), self.tokenizer.eot_id)
+
+    @staticmethod
+    def _generator(sampling: SamplingConfig) -> torch.Generator | None:
+        return None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+
+    @staticmethod
+    def _step(active: list[Job], logits: torch.Tensor, generator: torch.Generator | None) -> Any:
+        s = active[0].sampling
+        return sample_next(logits, s.temperature, s.top_k, s.top_p, generator)
 
     def _text(self, job: Job) -> str:
         return self.tokenizer.decode(job.new)

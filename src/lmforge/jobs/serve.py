@@ -10,9 +10,8 @@ Errors are OpenAI's JSON, {"error": {"message", "type",
 JSON) and 429 (queue full); the server keeps serving. Fields the API defines that lmforge does
 not use are accepted and ignored.
 
-Requests waiting together are decoded together (jobs/batching.py, up to `max_batch` rows); up
-to `queue_size` may wait. A request arriving during a batch waits for the next one: requests do
-not yet join a running batch.
+Concurrent requests are decoded together: they join the running batch between tokens
+(jobs/batching.py, up to `max_batch` rows); up to `queue_size` may wait.
 """
 
 import json
