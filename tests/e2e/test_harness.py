@@ -28,8 +28,9 @@ def _tasks(root: Path) -> Path:
     tasks.mkdir()
     questions = [
         {
-            "question": f"Question {i}: the animal on the mat is a",
-            "choices": [" cat", " dog", " bird"],
+            # half the contexts end with a space, which lm-eval moves to the continuation
+            "question": f"Question {i}: the animal on the mat is a" + " " * (i % 2),
+            "choices": [" cat", " dog", " bird"] if i % 2 == 0 else ["cat", "dog", "bird"],
             "answer": i % 3,
         }
         for i in range(24)
@@ -97,10 +98,17 @@ def test_multiple_choice_accuracy_equals_lm_evals_hf_model(tmp_path: Path) -> No
         ("lmforge", f"run={tmp_path / 'run'}"),
     ):
         out = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=["lmforge_mc"], task_manager=manager
+            model=model,
+            model_args=args,
+            tasks=["lmforge_mc"],
+            task_manager=manager,
+            log_samples=True,
         )
-        scores[model] = out["results"]["lmforge_mc"]["acc,none"]
-    assert scores["lmforge"] == scores["hf"]
+        lls = [r[0] for sample in out["samples"]["lmforge_mc"] for r in sample["filtered_resps"]]
+        scores[model] = (out["results"]["lmforge_mc"]["acc,none"], torch.tensor(lls))
+    assert scores["lmforge"][0] == scores["hf"][0]
+    # not only the accuracy: every choice's log-likelihood (tokenised as lm-eval's hf does)
+    torch.testing.assert_close(scores["lmforge"][1], scores["hf"][1], atol=1e-4, rtol=0)
 
 
 def test_the_harness_verb_prints_lm_evals_results(
