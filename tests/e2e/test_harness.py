@@ -181,3 +181,13 @@ def test_lm_evals_local_completions_against_serve_scores_as_the_adapter(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_missing_extra_says_how_to_install_it(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if it were not installed
+    assert main(["harness", str(trained_run), "--tasks", "x"]) == 2
+    assert "pip install 'lmforge[eval]'" in capsys.readouterr().err

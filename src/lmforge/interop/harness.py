@@ -42,6 +42,7 @@ def _lm_base() -> type:
 def register() -> None:
     """Register the model under the name `lmforge`, after lm-eval's own models (so `hf` and
     the others still resolve in this process)."""
+    _lm_base()  # lm-eval installed, or the error that says how to install it
     import lm_eval.models  # noqa: F401  (registers lm-eval's models first)
     from lm_eval.api.registry import model_registry, register_model
 
