@@ -167,7 +167,7 @@ def test_float16_learns_and_survives_overflowing_loss_scales() -> None:
 
 
 def test_unknown_dtype_is_refused() -> None:
-    with pytest.raises(ConfigError, match="float32, bfloat16 or float16"):
+    with pytest.raises(ConfigError, match="float32, bfloat16, float16 or auto"):
         dataclasses.replace(TrainConfig(), dtype="float8")
 
 

@@ -205,7 +205,8 @@ class TrainConfig:
     device: str = param("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = param(
         "float32",
-        "float32, or autocast to bfloat16 or float16 (with a loss scaler); fast on GPUs only",
+        "float32, or autocast to bfloat16 or float16 (with a loss scaler); auto times bf16 "
+        "against fp32 at start-up and keeps the faster (recorded in config.json)",
     )
     compile: bool = param(False, "torch.compile each block (the first steps compile)")
     progress: bool = param(True, "show a progress bar")
@@ -245,8 +246,8 @@ class TrainConfig:
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
         _require(self.eps > 0, "train.eps must be > 0")
         _require(
-            self.dtype in ("float32", "bfloat16", "float16"),
-            "train.dtype must be float32, bfloat16 or float16",
+            self.dtype in ("float32", "bfloat16", "float16", "auto"),
+            "train.dtype must be float32, bfloat16, float16 or auto",
         )
         _require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

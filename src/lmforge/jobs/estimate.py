@@ -35,7 +35,8 @@ def count_parameters(cfg: RunConfig) -> tuple[int, float]:
 def activation_bytes(cfg: RunConfig) -> float:
     """Activations one device keeps for the backward pass of one micro-batch."""
     m, t = cfg.model, cfg.train
-    value = 4 if t.dtype == "float32" else 2  # bf16 / fp16 autocast keeps 2-byte activations
+    # bf16 / fp16 autocast keeps 2-byte activations; auto may stay fp32: count 4 (an upper bound)
+    value = 4 if t.dtype in ("float32", "auto") else 2
     tokens = t.batch_size * m.block_size
     full_block = 17 * tokens * m.n_embd
     logits = tokens * m.vocab_size

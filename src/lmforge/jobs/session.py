@@ -29,6 +29,7 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import (
     DistContext,
     barrier,
+    broadcast_choice,
     fill_shards,
     full_weights,
     init_distributed,
@@ -42,8 +43,10 @@ from lmforge.train.optim import build_optimizer
 from lmforge.train.optimizer_state import load_optimizer_state, save_optimizer_state
 from lmforge.train.runtime import (
     choose_device,
+    choose_precision,
     compile_blocks,
     keep_freed_memory,
+    precision_speeds,
     seed_everything,
     warn_if_slow,
 )
@@ -112,6 +115,7 @@ def train(
     plan = plan or TrainingPlan()
     device = choose_device(cfg.train.device)
     ctx = _join_processes(cfg, device)
+    cfg = resolve_precision(cfg, device, ctx)
     if ctx.is_main:
         warn_if_slow(device, cfg.train.dtype)
     if ctx.active and device.type == "cuda":
@@ -120,6 +124,26 @@ def train(
         return _train_here(cfg, run_dir, resume_from, plan, device, ctx)
     finally:
         shutdown()
+
+
+def resolve_precision(
+    cfg: RunConfig,
+    device: torch.device,
+    ctx: DistContext,
+    measure: Callable[[int], dict[str, float]] = precision_speeds,
+) -> RunConfig:
+    """train.dtype=auto made concrete, once: rank 0 times bf16 against fp32 and tells the other
+    ranks; the choice goes into config.json, so --resume reuses it, even on another CPU."""
+    if cfg.train.dtype != "auto":
+        return cfg
+    choice, speeds = (
+        choose_precision(device, cfg.model.n_embd, measure) if ctx.is_main else ("", {})
+    )
+    choice = broadcast_choice(choice, ctx)
+    if ctx.is_main:
+        figures = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in speeds.items())
+        log.info("train.dtype=auto: %s (%s)", choice, figures or device.type)
+    return replace(cfg, train=replace(cfg.train, dtype=choice))
 
 
 def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:

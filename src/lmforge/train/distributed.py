@@ -68,6 +68,15 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def broadcast_choice(choice: str, ctx: DistContext) -> str:
+    """Rank 0's string on every rank (itself in a single process)."""
+    if not ctx.active:
+        return choice
+    box = [choice]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         dist.barrier()

@@ -4,6 +4,8 @@ import contextlib
 import ctypes
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +28,41 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     """bf16 or fp16 autocast when asked for (weights stay fp32); a no-op for float32."""
     if dtype == "float32":
         return contextlib.nullcontext()
+    if dtype == "auto":
+        raise ConfigError("train.dtype=auto is resolved by the training session (jobs/session.py)")
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def precision_speeds(width: int, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of a training-shaped product, forward and backward, in fp32 and under bf16
+    autocast: a (512, width) batch through a (width, 4·width) weight, the best of `repeats`
+    after a warm-up, the two timed alternately."""
+    x = torch.randn(512, width, requires_grad=True)
+    weight = torch.randn(4 * width, width, requires_grad=True)
+    flops = 3 * 2 * 512 * width * 4 * width  # forward, and the two products of the backward
+    best = {"float32": float("inf"), "bfloat16": float("inf")}
+    for attempt in range(repeats + 1):
+        for dtype in best:
+            start = time.perf_counter()
+            with autocast(torch.device("cpu"), dtype):
+                torch.nn.functional.linear(x, weight).sum().backward()
+            if attempt:
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return {dtype: flops / seconds / 1e9 for dtype, seconds in best.items()}
+
+
+def choose_precision(
+    device: torch.device, width: int, measure: Callable[[int], dict[str, float]] = precision_speeds
+) -> tuple[str, dict[str, float]]:
+    """train.dtype=auto: bfloat16 autocast where it measured at least 10% faster than float32
+    (CPUs with AMX or avx512_bf16), else float32 (CPUs that emulate bf16 are ~100x slower); on
+    CUDA, bfloat16 where the GPU supports it. Returns the choice and the measured GFLOP/s."""
+    if device.type == "cuda":
+        choice = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return choice, {}
+    speeds = measure(width)
+    choice = "bfloat16" if speeds["bfloat16"] > 1.1 * speeds["float32"] else "float32"
+    return choice, speeds
 
 
 def warn_if_slow(device: torch.device, dtype: str) -> None:
