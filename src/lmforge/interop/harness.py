@@ -31,6 +31,7 @@ from lmforge.rundir.load import load_run
 
 def _lm_base() -> type:
     try:
+        import lm_eval  # noqa: F401  (the package itself: its submodules may be cached)
         from lm_eval.api.model import LM
     except ImportError:
         raise LMForgeError(
