@@ -1,9 +1,11 @@
 """GPT: SDPA attention vs a naive reference, causality, KV cache, RoPE, init, counts, errors."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError, LMForgeError
@@ -246,3 +248,23 @@ def test_n_embd_not_divisible_by_n_head_is_a_config_error() -> None:
 def test_n_head_not_divisible_by_n_kv_head_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="n_kv_head"):
         ModelConfig(n_layer=2, n_head=4, n_kv_head=3, n_embd=32, block_size=16, vocab_size=97)
+
+
+def test_zero_init_proj_starts_every_block_as_identity_and_still_learns() -> None:
+    """model.zero_init_proj: each block's output projections start at zero, so the model
+    begins as embedding -> ln_f -> head; the projections get gradients and move."""
+    base = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=61)
+    torch.manual_seed(0)
+    zeroed = GPT(dataclasses.replace(base, zero_init_proj=True))
+    torch.manual_seed(0)
+    plain = GPT(base)
+    for block in zeroed.blocks:
+        assert not block.attn.proj.weight.any()
+        assert not block.mlp.proj.weight.any()
+    assert plain.blocks[0].attn.proj.weight.any()  # the switch does something
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        direct = zeroed.lm_head(zeroed.ln_f(zeroed.tok_emb(ids) + zeroed.pos_emb.weight[:16]))
+        torch.testing.assert_close(zeroed(ids), direct)
+    F.cross_entropy(zeroed(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+    assert zeroed.blocks[0].mlp.proj.weight.grad.abs().sum() > 0

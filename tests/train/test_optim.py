@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig, TrainConfig
+from lmforge.errors import ConfigError
 from lmforge.model import GPT
 from lmforge.train.optim import build_optimizer, lr_at, param_groups
 
@@ -117,3 +118,22 @@ def test_build_optimizer_uses_the_config() -> None:
     optimizer = build_optimizer(model, cfg)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
     assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-6 for g in optimizer.param_groups)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction() -> None:
+    """Warmup-stable-decay: warmup 10, max 110, decay over the last 20% of the 100 steps after
+    warmup: lr held at the peak through step 89, min_lr at 110, halfway at step 100."""
+    cfg = TrainConfig(
+        max_steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4, schedule="wsd", decay_fraction=0.2
+    )
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert all(lr_at(s, cfg) == pytest.approx(1e-3) for s in range(10, 91))
+    assert lr_at(100, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert lr_at(109, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.05)
+    assert lr_at(110, cfg) == pytest.approx(1e-4)
+    steps = [lr_at(s, cfg) for s in range(90, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(steps))  # monotone decay
+    cosine = TrainConfig(max_steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(60, cosine) < lr_at(60, cfg)  # the switch does something: cosine decays early
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        TrainConfig(schedule="wsd", decay_fraction=0.0)

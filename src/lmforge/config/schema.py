@@ -97,6 +97,9 @@ class ModelConfig:
     ln_eps: float = param(1e-5, "LayerNorm / RMSNorm epsilon")
     qkv_bias: bool = param(False, "biases on q, k, v even when model.bias is off (Qwen2)")
     qk_norm: bool = param(False, "RMSNorm on every query and key head before RoPE (Qwen3)")
+    zero_init_proj: bool = param(
+        False, "start every block's output projections at zero: each block begins as identity"
+    )
     rope_scaling: dict[str, Any] | None = field(
         default=None,
         metadata={
@@ -216,7 +219,12 @@ class TrainConfig:
         "(set by `lmforge finetune classify`)",
     )
     schedule: str = param(
-        "cosine", "learning-rate decay after warmup, to min_lr at max_steps: cosine or linear"
+        "cosine",
+        "learning-rate decay after warmup, to min_lr at max_steps: cosine, linear, or wsd "
+        "(warmup-stable-decay: lr held, then a linear decay over the last decay_fraction)",
+    )
+    decay_fraction: float = param(
+        0.2, "schedule wsd: the share of the steps after warmup spent decaying to min_lr"
     )
     best_metric: str = param(
         "val_loss",
@@ -257,7 +265,11 @@ class TrainConfig:
             self.objective in OBJECTIVES,
             f"train.objective: unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}",
         )
-        _require(self.schedule in ("cosine", "linear"), "train.schedule must be cosine or linear")
+        _require(
+            self.schedule in ("cosine", "linear", "wsd"),
+            "train.schedule must be cosine, linear or wsd",
+        )
+        _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction must be in (0, 1]")
         _require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
         known = OBJECTIVES[self.objective]
         _require(

@@ -79,6 +79,10 @@ class GPT(nn.Module):
             table = rope_table(rotations, cfg.n_head, cfg.kv_heads)  # (T, H + 2 Hkv, D/2)
             self.register_buffer("rope_rotations", table, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
+        if cfg.zero_init_proj:  # the modded-nanoGPT speedrun's start: blocks begin as identity
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.proj.weight)
+                nn.init.zeros_(block.mlp.proj.weight)
 
     def forward(
         self,
