@@ -41,7 +41,7 @@ from lmforge.train.trainer import Trainer
 def test_objective_schedule_and_best_metric_are_validated() -> None:
     with pytest.raises(ConfigError, match="unknown objective 'mlm-nsp'"):
         TrainConfig(objective="mlm-nsp")
-    with pytest.raises(ConfigError, match="cosine or linear"):
+    with pytest.raises(ConfigError, match="cosine, linear or wsd"):
         TrainConfig(schedule="step")
     with pytest.raises(ConfigError, match="val_mlm_accuracy"):
         TrainConfig(objective="mlm", best_metric="val_ppl")
