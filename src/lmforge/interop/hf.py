@@ -20,6 +20,13 @@ from torch import nn
 from lmforge.config import ModelConfig, RunConfig
 from lmforge.data.chat import ChatTemplate
 from lmforge.errors import CheckpointError
+from lmforge.interop.hf_config import (
+    LLAMA_FAMILY,
+    config_from_hf,
+    config_to_hf,
+    export_model_type,
+    model_type_of,
+)
 from lmforge.interop.hf_layout import (
     HF_BIN_INDEX,
     HF_BIN_WEIGHTS,
@@ -34,14 +41,9 @@ from lmforge.interop.hf_layout import (
     HF_VOCAB_TXT,
     HF_WEIGHTS,
     HF_WEIGHTS_INDEX,
-    LLAMA_FAMILY,
     Rule,
-    config_from_hf,
-    config_to_hf,
     expected_theirs_shapes,
-    export_model_type,
     full_name,
-    model_type_of,
     normalise_names,
     rules_for,
     tensor_to_ours,

@@ -28,13 +28,12 @@ from safetensors.torch import save_file
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf import write_hf_model
+from lmforge.interop.hf_config import LLAMA_FAMILY, export_model_type
 from lmforge.interop.hf_layout import (
-    LLAMA_FAMILY,
     PEFT_CONFIG,
     PEFT_DIR,
     PEFT_WEIGHTS,
     Rule,
-    export_model_type,
     full_name,
     rules_for,
     tensor_to_theirs,
