@@ -20,6 +20,7 @@ from lmforge.config.schema import (
     TrainConfig,
     higher_is_better,
     param,
+    scheduled,
 )
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "load_config",
     "param",
     "read_config_file",
+    "scheduled",
     "to_dict",
 ]

@@ -35,6 +35,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if value is None:
             return None
         kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return _pairs(value, where)
     if typing.get_origin(kind) is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
@@ -54,6 +56,22 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     ):
         return value
     raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def _pairs(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """A schedule: a list of [step, value] integer pairs, e.g. [[0, 64], [500, 256]]."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if isinstance(value, list | tuple) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 and all(map(is_int, pair))
+        for pair in value
+    ):
+        return tuple((int(step), int(v)) for step, v in value)
+    raise ConfigError(
+        f"{where}: expected a list of [step, value] pairs such as [[0, 64]], got {value!r}"
+    )
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

@@ -72,6 +72,26 @@ def _check_rope_scaling(scaling: dict[str, Any] | None, pos_emb: str) -> None:
     )
 
 
+def _check_schedule(name: str, schedule: tuple[tuple[int, int], ...]) -> None:
+    """[[step, value], ...]: steps >= 0 and strictly increasing, values positive."""
+    steps = [step for step, _ in schedule]
+    _require(
+        all(step >= 0 for step in steps) and steps == sorted(set(steps)),
+        f"{name}: the steps must be >= 0 and increasing, e.g. [[0, 64], [500, 256]]",
+    )
+    _require(all(value > 0 for _, value in schedule), f"{name}: every value must be positive")
+
+
+def scheduled(schedule: tuple[tuple[int, int], ...], step: int, default: int) -> int:
+    """The value of the last [from_step, value] pair with from_step <= step; default before."""
+    value = default
+    for from_step, scheduled_value in schedule:
+        if from_step > step:
+            break
+        value = scheduled_value
+    return value
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     """Shape and flavour of the Transformer."""
@@ -212,6 +232,28 @@ class TrainConfig:
         "against fp32 at start-up and keeps the faster (recorded in config.json)",
     )
     compile: bool = param(False, "torch.compile each block (the first steps compile)")
+    optimizer: str = param(
+        "adamw",
+        "adamw, or muon: Muon (momentum orthogonalised by Newton-Schulz) for the 2-D weights "
+        "inside the blocks, AdamW for embeddings, head, norms and biases",
+    )
+    muon_lr: float = param(0.02, "optimizer muon: peak learning rate of the Muon matrices")
+    muon_momentum: float = param(0.95, "optimizer muon: Nesterov momentum of the Muon matrices")
+    seq_len_schedule: tuple[tuple[int, int], ...] = param(
+        (),
+        "pretraining: [[step, length], ...] trains on windows of `length` tokens from `step` "
+        "on (sequence-length warmup: short windows first); model.block_size before the first",
+    )
+    batch_size_schedule: tuple[tuple[int, int], ...] = param(
+        (),
+        "pretraining: [[step, size], ...] draws `size` sequences per micro-batch from `step` "
+        "on; train.batch_size before the first",
+    )
+    logger: str = param(
+        "none",
+        "where runs are watched besides metrics.jsonl and loss.png: none, tensorboard "
+        "(lmforge[tensorboard]) or wandb (offline unless WANDB_MODE says otherwise)",
+    )
     progress: bool = param(True, "show a progress bar")
     objective: str = param(
         "clm",
@@ -271,6 +313,15 @@ class TrainConfig:
         )
         _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction must be in (0, 1]")
         _require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
+        _require(self.optimizer in ("adamw", "muon"), "train.optimizer must be adamw or muon")
+        _require(self.muon_lr > 0, "train.muon_lr must be > 0")
+        _require(0 <= self.muon_momentum < 1, "train.muon_momentum must be in [0, 1)")
+        _check_schedule("train.seq_len_schedule", self.seq_len_schedule)
+        _check_schedule("train.batch_size_schedule", self.batch_size_schedule)
+        _require(
+            self.logger in ("none", "tensorboard", "wandb"),
+            f"train.logger: unknown logger {self.logger!r}; use none, tensorboard or wandb",
+        )
         known = OBJECTIVES[self.objective]
         _require(
             self.best_metric in known,
@@ -390,6 +441,17 @@ class RunConfig:
             not self.train.objective.startswith("mlm") or self.model.arch == "bert",
             f"train.objective={self.train.objective} pretrains a BERT encoder; set "
             "model.arch=bert (see configs/bert-mini.yaml) or train.objective=clm",
+        )
+        _require(
+            self.train.optimizer != "muon" or self.dist.strategy != "fsdp",
+            "train.optimizer=muon orthogonalises whole matrices, which FSDP shards; use "
+            "dist.strategy=ddp or train.optimizer=adamw",
+        )
+        longest = max((length for _, length in self.train.seq_len_schedule), default=0)
+        _require(
+            longest <= self.model.block_size,
+            f"train.seq_len_schedule: a length of {longest} exceeds model.block_size "
+            f"({self.model.block_size}); the model has positions for block_size tokens",
         )
 
 

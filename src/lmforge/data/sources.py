@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import RunConfig
+from lmforge.config import RunConfig, scheduled
 from lmforge.data.batches import Batch, clm_batch, step_generator
 from lmforge.data.classify import (
     ClassificationData,
@@ -55,10 +55,12 @@ def batch_sources(cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer) -> 
     window, batch_size, seed = cfg.model.block_size + 1, cfg.train.batch_size, cfg.train.seed
     shards.check_fits("train", window)
     shards.check_fits("val", window)
+    size_at, length_at = step_shapes(cfg)
 
     def train_batch(step: int, micro: int) -> Batch:
+        generator = step_generator(seed, 0, step, micro)
         return clm_batch(
-            shards.sample_windows("train", batch_size, window, step_generator(seed, 0, step, micro))
+            shards.sample_windows("train", size_at(step), length_at(step) + 1, generator)
         )
 
     val = [
@@ -70,19 +72,37 @@ def batch_sources(cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer) -> 
     return train_batch, lambda: val
 
 
+def step_shapes(cfg: RunConfig) -> tuple[Callable[[int], int], Callable[[int], int]]:
+    """step -> sequences per micro-batch, and step -> tokens per sequence: train.batch_size and
+    model.block_size, or what train.batch_size_schedule and train.seq_len_schedule say."""
+    train, block = cfg.train, cfg.model.block_size
+    return (
+        lambda step: scheduled(train.batch_size_schedule, step, train.batch_size),
+        lambda step: scheduled(train.seq_len_schedule, step, block),
+    )
+
+
 def _mlm_sources(cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer) -> Sources:
     """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
     vocab = BertVocab.from_tokenizer(tokenizer, whole_word=cfg.data.whole_word_masking)
     nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
     corpora = {split: shards.sentences(split) for split in ("train", "val")}
 
-    def batch(split: str, generator: torch.Generator) -> Batch:
-        return mlm_batch(corpora[split], batch_size, cfg.model.block_size, generator, vocab, nsp)
+    size_at, length_at = step_shapes(cfg)
 
+    def batch(split: str, generator: torch.Generator, size: int, length: int) -> Batch:
+        return mlm_batch(corpora[split], size, length, generator, vocab, nsp)
+
+    def train_batch(step: int, micro: int) -> Batch:
+        generator = step_generator(seed, 0, step, micro)
+        return batch("train", generator, size_at(step), length_at(step))
+
+    block = cfg.model.block_size
     val = [
-        batch("val", step_generator(seed, VAL_SEED_KEY, i)) for i in range(cfg.train.eval_batches)
+        batch("val", step_generator(seed, VAL_SEED_KEY, i), batch_size, block)
+        for i in range(cfg.train.eval_batches)
     ]
-    return lambda step, micro: batch("train", step_generator(seed, 0, step, micro)), lambda: val
+    return train_batch, lambda: val
 
 
 def sft_sources(cfg: RunConfig, train: list[Encoded], valid: list[Encoded], pad_id: int) -> Sources:

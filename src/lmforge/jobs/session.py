@@ -165,8 +165,17 @@ def _global_sources(
 ) -> tuple[Callable[[int, int], Batch], Callable[[], list[Batch]], Tokenizer | None]:
     """Batch sources; under DDP every rank takes its rows of the global batch (micro batch x
     world size), drawn exactly as one process with that batch would draw it."""
-    world = replace(cfg, train=replace(cfg.train, batch_size=cfg.train.batch_size * ctx.world_size))
+    sizes = tuple((step, size * ctx.world_size) for step, size in cfg.train.batch_size_schedule)
+    world = replace(
+        cfg,
+        train=replace(
+            cfg.train,
+            batch_size=cfg.train.batch_size * ctx.world_size,
+            batch_size_schedule=sizes,
+        ),
+    )
     if plan.sources is not None:
+        _refuse_schedules(cfg)
         (train_batch, val_batches), tokenizer = plan.sources(world), plan.tokenizer
     else:
         shards, tokenizer = open_data(cfg)
@@ -174,6 +183,16 @@ def _global_sources(
     if not ctx.active:
         return train_batch, val_batches, tokenizer
     return (lambda step, micro: rank_rows(train_batch(step, micro), ctx)), val_batches, tokenizer
+
+
+def _refuse_schedules(cfg: RunConfig) -> None:
+    """Fine-tunes draw examples, not windows: the shape schedules are pretraining's."""
+    for key in ("seq_len_schedule", "batch_size_schedule"):
+        if getattr(cfg.train, key):
+            raise ConfigError(
+                f"train.{key} applies to pretraining (clm, mlm) only; remove it from this "
+                "fine-tune's config"
+            )
 
 
 def prepare_model(

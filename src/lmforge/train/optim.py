@@ -1,4 +1,5 @@
-"""AdamW with decay/no-decay parameter groups, and the warmup + cosine/linear/wsd lr schedule."""
+"""The optimizer (AdamW with decay/no-decay groups, or Muon + AdamW) and the warmup +
+cosine/linear/wsd learning-rate schedule."""
 
 import math
 from typing import Any
@@ -7,11 +8,16 @@ import torch
 from torch import nn
 
 from lmforge.config import TrainConfig
+from lmforge.train.muon import Muon, MuonWithAdamW, split_for_muon
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (Linear and Embedding weights); never biases or LayerNorm gains (1-D)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def param_groups(
+    model: nn.Module, weight_decay: float, params: list[torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Decay matrices (Linear and Embedding weights); never biases or LayerNorm gains (1-D).
+    params: a subset of the model's trainable parameters (default: all of them)."""
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [
@@ -20,9 +26,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW: θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), fused kernel where PyTorch has one for the device."""
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """train.optimizer=adamw: AdamW, θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), on every parameter, the
+    fused kernel where PyTorch has one for the device. muon: Muon on the blocks' matrices (at
+    muon_lr, momentum muon_momentum), AdamW on the rest; Newton-Schulz runs in bfloat16 when the
+    run trains in bf16 (its products are fast there), else in float32."""
+    if cfg.optimizer == "muon":
+        matrices, others = split_for_muon(model)
+        ns_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        muon = Muon(
+            [{"params": matrices, "lr_ratio": cfg.muon_lr / cfg.lr}],
+            lr=cfg.muon_lr,
+            momentum=cfg.muon_momentum,
+            weight_decay=cfg.weight_decay,
+            ns_dtype=ns_dtype,
+        )
+        return MuonWithAdamW(
+            _adamw(param_groups(model, cfg.weight_decay, others), model, cfg), muon
+        )
+    return _adamw(param_groups(model, cfg.weight_decay), model, cfg)
+
+
+def _adamw(groups: list[dict[str, Any]], model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     device = next(model.parameters()).device
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(

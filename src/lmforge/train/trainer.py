@@ -130,8 +130,8 @@ class Trainer:
     def _step(self, step: int) -> tuple[float, float, int]:
         """One optimizer step over grad_accum micro-batches; returns (loss, grad norm, tokens)."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:  # lr_ratio: Muon's groups (muon_lr / lr)
+            group["lr"] = lr_at(step, cfg) * group.get("lr_ratio", 1.0)
         total_loss, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
             batch = self.train_batches(step, micro).to(self.device)
