@@ -13,6 +13,17 @@ TINY_TEXT = (
 )
 
 
+@pytest.fixture(autouse=True)
+def float32_wins_the_precision_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.dtype=auto (the default) picks bf16 only where the CPU measures it faster, which
+    differs between machines; in-process tests see float32 win, so their figures do not depend
+    on the CPU. Tests of the choice itself pass their own timings."""
+    monkeypatch.setattr(
+        "lmforge.train.runtime.precision_speeds",
+        lambda width: {"float32": 1.0, "bfloat16": 0.01},
+    )
+
+
 @pytest.fixture
 def tiny_model_cfg() -> ModelConfig:
     return ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97)

@@ -227,9 +227,9 @@ class TrainConfig:
     seed: int = param(1337, "seed of every random choice (init, batches, dropout)")
     device: str = param("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = param(
-        "float32",
-        "float32, or autocast to bfloat16 or float16 (with a loss scaler); auto times bf16 "
-        "against fp32 at start-up and keeps the faster (recorded in config.json)",
+        "auto",
+        "auto times bf16 autocast against fp32 at start-up and keeps the faster (recorded in "
+        "config.json, reused on resume); or float32, bfloat16 or float16 (with a loss scaler)",
     )
     compile: bool = param(False, "torch.compile each block (the first steps compile)")
     optimizer: str = param(

@@ -46,7 +46,6 @@ from lmforge.train.runtime import (
     choose_precision,
     compile_blocks,
     keep_freed_memory,
-    precision_speeds,
     seed_everything,
     warn_if_slow,
 )
@@ -115,9 +114,9 @@ def train(
     plan = plan or TrainingPlan()
     device = choose_device(cfg.train.device)
     ctx = _join_processes(cfg, device)
-    cfg = resolve_precision(cfg, device, ctx)
-    if ctx.is_main:
+    if ctx.is_main and cfg.train.dtype != "auto":  # auto measured its choice
         warn_if_slow(device, cfg.train.dtype)
+    cfg = resolve_precision(cfg, device, ctx)
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     try:
@@ -130,7 +129,7 @@ def resolve_precision(
     cfg: RunConfig,
     device: torch.device,
     ctx: DistContext,
-    measure: Callable[[int], dict[str, float]] = precision_speeds,
+    measure: Callable[[int], dict[str, float]] | None = None,
 ) -> RunConfig:
     """train.dtype=auto made concrete, once: rank 0 times bf16 against fp32 and tells the other
     ranks; the choice goes into config.json, so --resume reuses it, even on another CPU."""

@@ -52,7 +52,7 @@ def precision_speeds(width: int, repeats: int = 3) -> dict[str, float]:
 
 
 def choose_precision(
-    device: torch.device, width: int, measure: Callable[[int], dict[str, float]] = precision_speeds
+    device: torch.device, width: int, measure: Callable[[int], dict[str, float]] | None = None
 ) -> tuple[str, dict[str, float]]:
     """train.dtype=auto: bfloat16 autocast where it measured at least 10% faster than float32
     (CPUs with AMX or avx512_bf16), else float32 (CPUs that emulate bf16 are ~100x slower); on
@@ -60,7 +60,7 @@ def choose_precision(
     if device.type == "cuda":
         choice = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         return choice, {}
-    speeds = measure(width)
+    speeds = (measure or precision_speeds)(width)
     choice = "bfloat16" if speeds["bfloat16"] > 1.1 * speeds["float32"] else "float32"
     return choice, speeds
 

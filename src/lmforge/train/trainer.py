@@ -5,7 +5,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import TrainingDiverged
 from lmforge.train.distributed import mean_across_ranks, world_size
 from lmforge.train.optim import lr_at
-from lmforge.train.runtime import autocast, grad_scaler
+from lmforge.train.runtime import autocast, choose_precision, grad_scaler
 from lmforge.train.tracker import Tracker
 
 Objective = Callable[[nn.Module, Batch], torch.Tensor]
@@ -39,6 +39,13 @@ class TrainerState:
     best_step: int = 0
     evals_since_best: int = 0
     stopped_early: bool = False
+
+
+def _width(model: nn.Module) -> int:
+    """The residual width the precision calibration times (its config's n_embd)."""
+    inner = getattr(model, "module", model)  # DDP
+    cfg = getattr(inner, "cfg", None) or getattr(getattr(inner, "body", None), "cfg", None)
+    return getattr(cfg, "n_embd", 256)
 
 
 def scored_items(batch: Batch) -> int:
@@ -70,6 +77,8 @@ class Trainer:
         self.train_batches, self.val_batches, self.save = train_batches, val_batches, save
         self.metrics = metrics or self._mean_loss
         self.device = next(model.parameters()).device
+        if cfg.dtype == "auto":  # the session resolves it first; a Trainer used alone, here
+            self.cfg = cfg = replace(cfg, dtype=choose_precision(self.device, _width(model))[0])
         self.state = TrainerState()
         self.tracker = tracker
         self.scaler = grad_scaler(self.device, cfg.dtype)  # fp16 only
