@@ -199,9 +199,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_char_shards(text, Path(tmp))
         shards = TokenShards(tmp)
+        data = [f"data.dir={tmp}", f"model.vocab_size={tokenizer.vocab_size}"]
         base = from_dict(RunConfig, BASELINE)
-        base = replace(base, data=replace(base.data, dir=tmp))
-        fast = load_config(args.config, [*args.sets, f"data.dir={tmp}", "train.progress=false"])
+        base = replace(
+            base,
+            data=replace(base.data, dir=tmp),
+            model=replace(base.model, vocab_size=tokenizer.vocab_size),
+        )
+        fast = load_config(args.config, [*args.sets, *data, "train.progress=false"])
         sides = {"baseline": base, "speedrun": fast}
         if args.only:
             sides = {args.only: sides[args.only]}

@@ -22,6 +22,14 @@ def float32_wins_the_precision_calibration(monkeypatch: pytest.MonkeyPatch) -> N
         "lmforge.train.runtime.precision_speeds",
         lambda width: {"float32": 1.0, "bfloat16": 0.01},
     )
+    monkeypatch.setattr(  # the session times the run's own model: tokens/s
+        "lmforge.train.runtime.model_speeds",
+        lambda model, rows, length: {"float32": 1.0, "bfloat16": 0.01},
+    )
+    monkeypatch.setattr(  # Muon's Newton-Schulz: seconds, float32 faster
+        "lmforge.train.runtime.newton_schulz_seconds",
+        lambda width: {"float32": 0.01, "bfloat16": 1.0},
+    )
 
 
 @pytest.fixture

@@ -239,6 +239,11 @@ class TrainConfig:
     )
     muon_lr: float = param(0.02, "optimizer muon: peak learning rate of the Muon matrices")
     muon_momentum: float = param(0.95, "optimizer muon: Nesterov momentum of the Muon matrices")
+    muon_dtype: str = param(
+        "auto",
+        "optimizer muon: precision of the Newton-Schulz products, float32 or bfloat16; auto "
+        "times both at start-up and keeps the faster (recorded in config.json)",
+    )
     seq_len_schedule: tuple[tuple[int, int], ...] = param(
         (),
         "pretraining: [[step, length], ...] trains on windows of `length` tokens from `step` "
@@ -315,6 +320,10 @@ class TrainConfig:
         _require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
         _require(self.optimizer in ("adamw", "muon"), "train.optimizer must be adamw or muon")
         _require(self.muon_lr > 0, "train.muon_lr must be > 0")
+        _require(
+            self.muon_dtype in ("auto", "float32", "bfloat16"),
+            "train.muon_dtype must be auto, float32 or bfloat16",
+        )
         _require(0 <= self.muon_momentum < 1, "train.muon_momentum must be in [0, 1)")
         _check_schedule("train.seq_len_schedule", self.seq_len_schedule)
         _check_schedule("train.batch_size_schedule", self.batch_size_schedule)

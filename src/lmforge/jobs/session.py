@@ -26,6 +26,7 @@ from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.load import build_model
 from lmforge.tokenizer import Tokenizer
+from lmforge.train import runtime
 from lmforge.train.distributed import (
     DistContext,
     barrier,
@@ -43,6 +44,7 @@ from lmforge.train.optim import build_optimizer
 from lmforge.train.optimizer_state import load_optimizer_state, save_optimizer_state
 from lmforge.train.runtime import (
     choose_device,
+    choose_muon_precision,
     choose_precision,
     compile_blocks,
     keep_freed_memory,
@@ -131,18 +133,46 @@ def resolve_precision(
     ctx: DistContext,
     measure: Callable[[int], dict[str, float]] | None = None,
 ) -> RunConfig:
-    """train.dtype=auto made concrete, once: rank 0 times bf16 against fp32 and tells the other
-    ranks; the choice goes into config.json, so --resume reuses it, even on another CPU."""
-    if cfg.train.dtype != "auto":
-        return cfg
-    choice, speeds = (
-        choose_precision(device, cfg.model.n_embd, measure) if ctx.is_main else ("", {})
-    )
-    choice = broadcast_choice(choice, ctx)
-    if ctx.is_main:
-        figures = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in speeds.items())
-        log.info("train.dtype=auto: %s (%s)", choice, figures or device.type)
-    return replace(cfg, train=replace(cfg.train, dtype=choice))
+    """train.dtype=auto (and train.muon_dtype=auto) made concrete, once: rank 0 times bf16
+    against fp32 and tells the other ranks; the choice goes into config.json, so --resume reuses
+    it, even on another CPU."""
+    if cfg.train.dtype == "auto":
+        measure = measure or _model_calibration(cfg)
+        choice, speeds = (
+            choose_precision(device, cfg.model.n_embd, measure) if ctx.is_main else ("", {})
+        )
+        choice = broadcast_choice(choice, ctx)
+        if ctx.is_main:
+            figures = ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items())
+            log.info("train.dtype=auto: %s (%s)", choice, figures or device.type)
+        cfg = replace(cfg, train=replace(cfg.train, dtype=choice))
+    if cfg.train.optimizer == "muon" and cfg.train.muon_dtype == "auto":
+        choice, seconds = (
+            choose_muon_precision(device, cfg.model.n_embd) if ctx.is_main else ("", {})
+        )
+        choice = broadcast_choice(choice, ctx)
+        if ctx.is_main:
+            figures = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in seconds.items())
+            log.info("train.muon_dtype=auto: %s (Newton-Schulz %s)", choice, figures or "cuda")
+        cfg = replace(cfg, train=replace(cfg.train, muon_dtype=choice))
+    return cfg
+
+
+def _model_calibration(cfg: RunConfig) -> Callable[[int], dict[str, float]] | None:
+    """Time the run's own model (a throwaway copy, built without touching the seeded RNG) on
+    up to 4,096 tokens, in tokens/s; None (a lone product instead) before the vocabulary is
+    known."""
+    if cfg.model.vocab_size == 0:
+        return None
+
+    def measure(width: int) -> dict[str, float]:
+        with torch.random.fork_rng():
+            model = build_model(cfg)
+        length = cfg.model.block_size
+        rows = max(1, min(cfg.train.batch_size, 4096 // length))
+        return runtime.model_speeds(model, rows, length)
+
+    return measure
 
 
 def _join_processes(cfg: RunConfig, device: torch.device) -> DistContext:

@@ -24,8 +24,7 @@ ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
-TENSORBOARD_DIR = "tensorboard"  # train.logger=tensorboard: event files
-WANDB_DIR = "wandb"  # train.logger=wandb: the offline run
+LOGGER_DIR = "logs"  # train.logger's files: logs/tensorboard (event files), logs/wandb
 STATE_DIR = "trainer_state"
 STATE_FILE = "state.pt"
 STATE_JSON = "state.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lmforge.errors import LMForgeError
-from lmforge.rundir.layout import TENSORBOARD_DIR, WANDB_DIR
+from lmforge.rundir.layout import LOGGER_DIR
 
 
 class MetricSink(Protocol):
@@ -43,15 +43,15 @@ def _require(module: str, extra: str) -> Any:
 
 
 class TensorBoardSink:
-    """Event files in run_dir/tensorboard (`tensorboard --logdir RUN/tensorboard`). A resumed
+    """Event files in RUN/logs/tensorboard (`tensorboard --logdir RUN/logs`). A resumed
     run purges the events after its checkpoint's step, so the curves have no doubled tail."""
 
     def __init__(self, run_dir: Path, start_step: int) -> None:
-        _require("tensorboard", "tensorboard")
+        _require(kind := "tensorboard", kind)
         from torch.utils.tensorboard import SummaryWriter
 
         purge = start_step if start_step > 0 else None
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge)
+        self.writer = SummaryWriter(str(run_dir / LOGGER_DIR / kind), purge_step=purge)
 
     def log(self, record: dict[str, Any]) -> None:
         for tag, value in scalars(record).items():
@@ -62,17 +62,17 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """A Weights & Biases run in run_dir/wandb, offline unless WANDB_MODE says otherwise (no
-    account needed; `wandb sync RUN/wandb/offline-run-*` uploads it later). A resumed run
+    """A Weights & Biases run in RUN/logs/wandb, offline unless WANDB_MODE says otherwise (no
+    account needed; `wandb sync RUN/logs/wandb/offline-run-*` uploads it later). A resumed run
     continues the same wandb run (its id is the run directory's)."""
 
     def __init__(self, run_dir: Path, start_step: int, config: dict[str, Any]) -> None:
-        wandb = _require("wandb", "wandb")
-        (run_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
+        wandb = _require(kind := "wandb", kind)
+        (run_dir / LOGGER_DIR).mkdir(parents=True, exist_ok=True)
         run_id = "".join(c if c.isalnum() else "-" for c in run_dir.resolve().name)[:64]
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "lmforge"),
-            dir=str(run_dir),
+            dir=str(run_dir / LOGGER_DIR),
             name=run_dir.name,
             id=run_id,
             resume="allow",

@@ -31,17 +31,22 @@ def orthogonalize(
     update: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     """NS₅(U): the update with its singular values pushed towards 1 (into roughly [0.7, 1.2]),
-    computed on the wide orientation (rows <= columns) in `dtype`."""
+    computed on the wide orientation (rows <= columns) in `dtype`. U is one matrix (A, B) or a
+    stack of equally shaped ones (N, A, B), each orthogonalised on its own (batched products:
+    one call for every layer's matrix of a kind)."""
     a, b, c = NEWTON_SCHULZ
     x = update.to(dtype)
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=1e-7)  # spectral norm <= Frobenius norm <= 1
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral <= Frobenius <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        if x.dim() == 2:
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        else:
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -67,17 +72,25 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> None:
         for group in self.param_groups:
             lr, mu, decay = group["lr"], group["momentum"], group["weight_decay"]
+            by_shape: dict[torch.Size, list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buffer = state["momentum_buffer"]
-                buffer.lerp_(p.grad, 1 - mu)
-                update = orthogonalize(p.grad.lerp(buffer, mu), dtype=self.ns_dtype)
-                p.mul_(1 - lr * decay)
-                p.add_(update.to(p.dtype), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for params in by_shape.values():  # every layer's matrix of one kind at once
+                updates = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buffer = state["momentum_buffer"]
+                    buffer.lerp_(p.grad, 1 - mu)
+                    updates.append(p.grad.lerp(buffer, mu))
+                stacked = updates[0] if len(updates) == 1 else torch.stack(updates)
+                orthogonal = orthogonalize(stacked, dtype=self.ns_dtype)
+                scale = max(1.0, params[0].size(0) / params[0].size(1)) ** 0.5
+                for p, update in zip(params, orthogonal.view(-1, *params[0].shape), strict=True):
+                    p.mul_(1 - lr * decay)
+                    p.add_(update.to(p.dtype), alpha=-lr * scale)
 
 
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:

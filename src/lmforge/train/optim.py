@@ -9,6 +9,7 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.train.muon import Muon, MuonWithAdamW, split_for_muon
+from lmforge.train.runtime import choose_muon_precision
 
 
 def param_groups(
@@ -29,11 +30,16 @@ def param_groups(
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """train.optimizer=adamw: AdamW, θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), on every parameter, the
     fused kernel where PyTorch has one for the device. muon: Muon on the blocks' matrices (at
-    muon_lr, momentum muon_momentum), AdamW on the rest; Newton-Schulz runs in bfloat16 when the
-    run trains in bf16 (its products are fast there), else in float32."""
+    muon_lr, momentum muon_momentum), AdamW on the rest; Newton-Schulz in train.muon_dtype."""
     if cfg.optimizer == "muon":
         matrices, others = split_for_muon(model)
-        ns_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        precision = cfg.muon_dtype
+        if precision == "auto":  # the session resolves it first; an optimizer built alone, here
+            width = matrices[0].shape[-1] if matrices else 1
+            precision = (
+                choose_muon_precision(matrices[0].device, width)[0] if matrices else "float32"
+            )
+        ns_dtype = getattr(torch, precision)
         muon = Muon(
             [{"params": matrices, "lr_ratio": cfg.muon_lr / cfg.lr}],
             lr=cfg.muon_lr,

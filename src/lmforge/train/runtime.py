@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.train.muon import orthogonalize
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,69 @@ def precision_speeds(width: int, repeats: int = 3) -> dict[str, float]:
     return {dtype: flops / seconds / 1e9 for dtype, seconds in best.items()}
 
 
+def model_speeds(
+    model: torch.nn.Module, rows: int, length: int, repeats: int = 2
+) -> dict[str, float]:
+    """Tokens/s of the model's own training pass (forward and backward on random tokens of
+    shape (rows, length)) in fp32 and under bf16 autocast: the best of `repeats` after a
+    warm-up, the two timed alternately. At small widths the casts around each product can cost
+    more than bf16 saves, which a lone matmul does not show. The model's gradients are dropped."""
+    vocab = model.cfg.vocab_size
+    tokens = torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
+    best = {"float32": float("inf"), "bfloat16": float("inf")}
+    for attempt in range(repeats + 1):
+        for dtype in best:
+            start = time.perf_counter()
+            with autocast(torch.device("cpu"), dtype):
+                out = model(tokens)
+                parts = out if isinstance(out, tuple) else (out,)
+                loss = sum(part.float().mean() for part in parts)
+            loss.backward()
+            if attempt:
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return {dtype: rows * length / seconds for dtype, seconds in best.items()}
+
+
 def choose_precision(
     device: torch.device, width: int, measure: Callable[[int], dict[str, float]] | None = None
 ) -> tuple[str, dict[str, float]]:
     """train.dtype=auto: bfloat16 autocast where it measured at least 10% faster than float32
     (CPUs with AMX or avx512_bf16), else float32 (CPUs that emulate bf16 are ~100x slower); on
-    CUDA, bfloat16 where the GPU supports it. Returns the choice and the measured GFLOP/s."""
+    CUDA, bfloat16 where the GPU supports it. measure(width) gives each dtype's speed (default:
+    a training-shaped product's GFLOP/s). Returns the choice and the measured speeds."""
     if device.type == "cuda":
         choice = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         return choice, {}
     speeds = (measure or precision_speeds)(width)
     choice = "bfloat16" if speeds["bfloat16"] > 1.1 * speeds["float32"] else "float32"
     return choice, speeds
+
+
+def newton_schulz_seconds(width: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds of Muon's Newton-Schulz on a stack of four (width, 4·width) matrices, in float32
+    and in bfloat16: the best of `repeats` after a warm-up, the two timed alternately."""
+    stack = torch.randn(4, width, 4 * width)
+    best = {"float32": float("inf"), "bfloat16": float("inf")}
+    for attempt in range(repeats + 1):
+        for dtype in best:
+            start = time.perf_counter()
+            orthogonalize(stack, dtype=getattr(torch, dtype))
+            if attempt:
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best
+
+
+def choose_muon_precision(
+    device: torch.device, width: int, measure: Callable[[int], dict[str, float]] | None = None
+) -> tuple[str, dict[str, float]]:
+    """train.muon_dtype=auto: bfloat16 Newton-Schulz where it measured at least 10% faster (on
+    CUDA always, as PyTorch's own Muon), else float32. Returns the choice and the seconds."""
+    if device.type == "cuda":
+        return "bfloat16", {}
+    seconds = (measure or newton_schulz_seconds)(width)
+    choice = "bfloat16" if seconds["bfloat16"] * 1.1 < seconds["float32"] else "float32"
+    return choice, seconds
 
 
 def warn_if_slow(device: torch.device, dtype: str) -> None:
