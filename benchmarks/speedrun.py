@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.config import RunConfig, from_dict, load_config
+from lmforge.config import RunConfig, from_dict, load_config, to_dict
 from lmforge.data.batches import clm_batch
 from lmforge.data.shards import FORMAT, META_FILE, TokenShards, token_dtype
 from lmforge.data.sources import batch_sources
@@ -43,9 +43,11 @@ from lmforge.jobs.session import resolve_precision
 from lmforge.rundir.load import build_model
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import DistContext
+from lmforge.train.loggers import open_sink
 from lmforge.train.objectives import clm_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.runtime import keep_freed_memory, seed_everything
+from lmforge.train.tracker import Tracker
 from lmforge.train.trainer import Trainer
 
 TARGET = 1.886  # nanoGPT's val loss after 2000 iterations of its CPU recipe (bench/RESULTS.md)
@@ -143,8 +145,23 @@ def mean_loss(model: torch.nn.Module, windows: torch.Tensor, dtype: str) -> floa
     return total / len(windows)
 
 
+def watched(cfg: RunConfig, run_dir: Path | None, logger: str) -> Tracker | None:
+    """A run's metrics.jsonl and loss.png in run_dir, and train.logger's sink (or None)."""
+    if run_dir is None:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sink = open_sink(logger, run_dir, 0, to_dict(cfg))
+    return Tracker(run_dir, cfg.train.max_steps, 0, progress=False, sink=sink)
+
+
 def train_to_target(
-    cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer, eval_every: int, subset: int
+    cfg: RunConfig,
+    shards: TokenShards,
+    tokenizer: Tokenizer,
+    eval_every: int,
+    subset: int,
+    run_dir: Path | None = None,
+    logger: str = "none",
 ) -> dict[str, Any]:
     """Train cfg to its max_steps, timing the steps only; the first step whose whole-val loss
     is <= TARGET (checked when the subset says it may be) gives the time to target."""
@@ -154,6 +171,7 @@ def train_to_target(
     model = build_model(cfg)
     train_batch, _ = batch_sources(cfg, shards, tokenizer)
     trainer = Trainer(model, build_optimizer(model, cfg.train), train_batch, cfg.train, clm_loss)
+    trainer.tracker = watched(cfg, run_dir, logger)
     trained = time.perf_counter() - start
     windows = val_windows(shards, cfg.model.block_size)
     sample = windows[torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))]
@@ -165,11 +183,16 @@ def train_to_target(
         trained += time.perf_counter() - t0
         estimate = mean_loss(model, sample, cfg.train.dtype)
         curve.append((trainer.state.step, round(trained, 2), round(estimate, 4)))
+        if trainer.tracker is not None:
+            record = {"step": trainer.state.step, "val_loss": estimate, "train_seconds": trained}
+            trainer.tracker.log(record)
         if reached is None and estimate <= TARGET + 0.02:
             whole = mean_loss(model, windows, cfg.train.dtype)
             if whole <= TARGET:
                 reached = {"step": trainer.state.step, "seconds": trained, "val_loss": whole}
     final = mean_loss(model, windows, cfg.train.dtype)
+    if trainer.tracker is not None:
+        trainer.tracker.close()
     return {
         "seconds": trained,
         "final_val_loss": final,
@@ -191,6 +214,10 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50, help="steps between subset evals")
     parser.add_argument("--subset", type=int, default=256, help="val windows in the subset")
     parser.add_argument("--curve", action="store_true", help="print each eval point")
+    parser.add_argument("--log-dir", type=Path, help="write each run's metrics here (RUN-r<i>)")
+    parser.add_argument(
+        "--logger", default="none", choices=["none", "tensorboard", "wandb"], help="with --log-dir"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
@@ -216,7 +243,16 @@ def main() -> None:
         for round_index in range(args.rounds):
             order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
             for name in order:
-                run = train_to_target(sides[name], shards, tokenizer, args.eval_every, args.subset)
+                run_dir = args.log_dir / f"{name}-r{round_index}" if args.log_dir else None
+                run = train_to_target(
+                    sides[name],
+                    shards,
+                    tokenizer,
+                    args.eval_every,
+                    args.subset,
+                    run_dir,
+                    args.logger,
+                )
                 results[name].append(run)
                 if args.curve:
                     print(name, json.dumps(run["curve"]), flush=True)
@@ -257,7 +293,8 @@ def summary(
         out["speedrun_tokens_per_s"] = _median(runs, lambda r: r["tokens_per_s"])
         out["speedrun_params"] = runs[0]["params"]
     if out.get("baseline_seconds") and out.get("speedrun_seconds_to_target"):
-        out["ratio_to_baseline"] = round(out["speedrun_seconds_to_target"] / out["baseline_seconds"], 3)
+        ratio = out["speedrun_seconds_to_target"] / out["baseline_seconds"]
+        out["ratio_to_baseline"] = round(ratio, 3)
     out["rounds"] = args.rounds
     out["config"] = args.config
     out["sets"] = args.sets

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lmforge.config import RunConfig
+from lmforge.config import RunConfig, to_dict
 from lmforge.data.batches import Batch
 from lmforge.data.sources import Sources, batch_sources, open_data
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
@@ -39,6 +39,7 @@ from lmforge.train.distributed import (
     shutdown,
 )
 from lmforge.train.evaluators import encoder_metrics
+from lmforge.train.loggers import open_sink
 from lmforge.train.objectives import clm_loss, mlm_nsp_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.optimizer_state import load_optimizer_state, save_optimizer_state
@@ -395,12 +396,14 @@ def _train_here(
             plan.run_files(run_dir)
     _log_model(cfg, model, ctx, device)
     start = trainer.state.step
+    sink = open_sink(cfg.train.logger, run_dir, start, to_dict(cfg)) if ctx.is_main else None
     trainer.tracker = Tracker(
         run_dir if ctx.is_main else None,
         cfg.train.max_steps,
         start,
         cfg.train.progress and ctx.is_main,
         verbose=ctx.is_main,
+        sink=sink,
     )
     try:
         trainer.fit()

@@ -50,7 +50,7 @@ class TensorBoardSink:
         _require(kind := "tensorboard", kind)
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = start_step if start_step > 0 else None
+        purge = start_step + 1 if start_step > 0 else None  # steps after the checkpoint
         self.writer = SummaryWriter(str(run_dir / LOGGER_DIR / kind), purge_step=purge)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Metrics bookkeeping: metrics.jsonl, the progress bar, and the loss plot."""
+"""Metrics bookkeeping: metrics.jsonl, the progress bar, the loss plot, and train.logger's
+sink (TensorBoard, wandb) when there is one."""
 
 import json
 import logging
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from lmforge.plots import plot_loss_curves
 from lmforge.rundir.files import write_text_atomic
 from lmforge.rundir.layout import LOSS_PLOT, METRICS_FILE
+from lmforge.train.loggers import MetricSink
 
 
 class Tracker:
@@ -24,8 +26,10 @@ class Tracker:
         start_step: int,
         progress: bool,
         verbose: bool = True,
+        sink: MetricSink | None = None,
     ):
         self.run_dir, self.verbose = run_dir, verbose  # verbose False: a silent worker rank
+        self.sink = sink  # every logged record goes there too
         self.train_points: list[tuple[int, float]] = []
         self.val_points: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}  # the newest evaluation record
@@ -72,6 +76,8 @@ class Tracker:
             return
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.sink is not None:
+            self.sink.log(record)
         if "val_loss" in record:
             plot_loss_curves(self.train_points, self.val_points, self.run_dir / LOSS_PLOT)
 
@@ -87,3 +93,6 @@ class Tracker:
 
     def close(self) -> None:
         self.bar.close()
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
