@@ -139,12 +139,13 @@ def resolve_precision(
     it, even on another CPU."""
     if cfg.train.dtype == "auto":
         measure = measure or _model_calibration(cfg)
+        unit = "GFLOP/s of a product" if measure is None else "tokens/s of a training pass"
         choice, speeds = (
             choose_precision(device, cfg.model.n_embd, measure) if ctx.is_main else ("", {})
         )
         choice = broadcast_choice(choice, ctx)
         if ctx.is_main:
-            figures = ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items())
+            figures = ", ".join(f"{k} {v:,.0f} {unit}" for k, v in speeds.items())
             log.info("train.dtype=auto: %s (%s)", choice, figures or device.type)
         cfg = replace(cfg, train=replace(cfg.train, dtype=choice))
     if cfg.train.optimizer == "muon" and cfg.train.muon_dtype == "auto":
