@@ -3,11 +3,13 @@ through model.* keys, the Llama family (RMSNorm, SwiGLU, rotary positions, group
 attention; Qwen2's q/k/v biases, Qwen3's q/k norm, Llama 3's RoPE scaling)."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, KVCache, padding_mask
+from lmforge.model.fused_head import linear_cross_entropy
 from lmforge.model.layers import (
     MLP,
     init_weights,
@@ -91,8 +93,10 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         segments: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given.
+        """Logits (B, T, vocab_size) for token ids idx (B, T), continuing kv_cache if given; with
+        targets (B, T), the mean cross-entropy against them instead (see `loss`).
 
         attention_mask (B, T) marks real tokens (True/1) and padding (False/0) among idx, e.g.
         for left-padded prompts; position ids then count real tokens only. segments (B, T)
@@ -101,9 +105,24 @@ class GPT(nn.Module):
         logits for the last that many positions only (generation needs one).
         """
         x = self.encode(idx, kv_cache, attention_mask, segments)
+        if targets is not None:
+            return self.loss(x, targets)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.lm_head(x)  # (B, T | logits_to_keep, V)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the head's predictions from hidden (B, T, C) against targets
+        (−100 ignored): head and softmax fused chunk by chunk (model/fused_head.py), so the
+        (B, T, vocab) logits never exist; through F.cross_entropy when the head was replaced
+        (LoRA, quantized) or has a bias."""
+        head = self.lm_head
+        if type(head) is nn.Linear and head.bias is None:
+            return linear_cross_entropy(hidden, head, targets)
+        logits = head(hidden)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        )
 
     def encode(
         self,

@@ -16,11 +16,11 @@ from lmforge.errors import ConfigError
 
 
 def clm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Causal-LM loss: mean over positions of -log p(x_{t+1} | x_{≤t}), ignoring targets of -100."""
-    logits = model(batch.inputs)  # (B, T, V)
-    return F.cross_entropy(
-        logits.view(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    """Causal-LM loss: mean over positions of -log p(x_{t+1} | x_{≤t}), ignoring targets of -100.
+
+    The model computes it from its last hidden states (the head and softmax fused, no full
+    logits tensor); through its forward, so DDP and compiled wrappers see the call."""
+    return model(batch.inputs, targets=batch.targets)
 
 
 def _encode(model: nn.Module, batch: Batch) -> torch.Tensor:
