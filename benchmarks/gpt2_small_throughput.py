@@ -126,10 +126,7 @@ def main() -> None:
         )
         del ours, theirs
     best = {
-        side: max(
-            (result[f"{side}_{d}_tokens_per_s"], d)
-            for d in args.dtypes.split(",")
-        )
+        side: max((result[f"{side}_{d}_tokens_per_s"], d) for d in args.dtypes.split(","))
         for side in ("ours", "transformers")
     }
     result["ours_fastest"] = {"dtype": best["ours"][1], "tokens_per_s": best["ours"][0]}

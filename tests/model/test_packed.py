@@ -132,6 +132,7 @@ def test_one_row_products_take_the_path_measured_faster(monkeypatch) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(768, 768)).eval()  # worth packing at one row
     for pays in (False, True):
         monkeypatch.setattr(packed_module, "_single_row_pays", lambda *a, pays=pays: pays)
+        packed_module.release_packed(model)  # the verdict is kept with the packed copy
         calls.clear()
         with torch.inference_mode(), packed_linears(model):
             model(torch.randn(1, 768))
@@ -139,3 +140,46 @@ def test_one_row_products_take_the_path_measured_faster(monkeypatch) -> None:
             model(torch.randn(64, 768))
         assert one_row == (1 if pays else 0)
         assert len(calls) == one_row + 1
+
+
+@needs_onednn
+@pytest.mark.usefixtures("always_pack")
+def test_bf16_weights_are_packed_and_agree_with_the_plain_bf16_model() -> None:
+    model = _gpt().to(torch.bfloat16)
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        plain = model(ids).float()
+        with packed_linears(model) as count:
+            packed = model(ids).float()
+    assert count == len([m for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    torch.testing.assert_close(packed, plain, rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
+@pytest.mark.usefixtures("always_pack")
+def test_packed_copies_are_reused_until_the_weights_change(monkeypatch) -> None:
+    model = _gpt()
+    reorders = []
+    real = torch.ops.mkldnn._reorder_linear_weight
+
+    def counting(weight, *rest):
+        reorders.append(tuple(weight.shape))
+        return real(weight, *rest)
+
+    monkeypatch.setattr(packed_module, "_reorder", counting)
+    ids = torch.randint(0, 61, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        with packed_linears(model) as count:
+            first = model(ids)
+        assert len(reorders) == count
+        with packed_linears(model):  # unchanged weights: nothing packed again
+            again = model(ids)
+        assert len(reorders) == count
+        torch.testing.assert_close(first, again)
+        model.blocks[0].mlp.fc.weight.mul_(2.0)  # an in-place update: that copy is stale
+        with packed_linears(model):
+            changed = model(ids)
+    assert len(reorders) == count + 1
+    assert not torch.allclose(first, changed)
+    packed_module.release_packed(model)
+    assert not any(hasattr(m, packed_module.PACKED_ATTRIBUTE) for m in model.modules())
