@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev,serve,eval,tensorboard,wandb]'
+	$(BIN)/python -m pip install -q -e '.[dev,serve,eval,tensorboard,wandb,data,zh]'
 	touch $(STAMP)
 
 demo: $(STAMP)
