@@ -48,6 +48,46 @@ def test_split_sentences(text: str, sentences: list[str]) -> None:
     assert split_sentences(text) == sentences
 
 
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        # closing quotes and brackets stay with the sentence they close
+        ("他说：“很好。”然后走了。", ["他说：“很好。”", "然后走了。"]),
+        ("她问：‘你去吗？’我说：「去！」", ["她问：‘你去吗？’", "我说：「去！」"]),
+        ("「いいえ。」と彼は言った。『はい！』", ["「いいえ。」", "と彼は言った。", "『はい！』"]),
+        ("（注意。）下一句。【完】", ["（注意。）", "下一句。", "【完】"]),
+        ("他读了《书。》也读了〈诗。〉好。", ["他读了《书。》", "也读了〈诗。〉", "好。"]),
+        ('他说："很好!"然后走了。', ['他说："很好!"', "然后走了。"]),
+        ("他说：'很好。'然后走了。", ["他说：'很好。'", "然后走了。"]),
+        ("他说（很好。)然后［走了。］再见", ["他说（很好。)", "然后［走了。］", "再见"]),
+        ("他说：＂很好。＂然后走了。", ["他说：＂很好。＂", "然后走了。"]),
+        ('He said ("Hi.") Then he left.', ['He said ("Hi.")', "Then he left."]),
+        # several enders in a row stay together
+        ("真的吗？！我不信。", ["真的吗？！", "我不信。"]),
+        ("真的吗?!我不信。", ["真的吗?!", "我不信。"]),
+        ("好。。。走吧", ["好。。。", "走吧"]),
+        ("什么……！走吧！！", ["什么……！", "走吧！！"]),
+        ("他说：“我不知道……”然后走了。", ["他说：“我不知道……”然后走了。"]),  # trails off
+        ("他说：“我不知道……” 然后走了。", ["他说：“我不知道……”", "然后走了。"]),
+        ("Wait… What?! Fine.", ["Wait…", "What?!", "Fine."]),
+        # no split inside decimals, version numbers or abbreviations
+        ("圆周率是3.14。版本２．０发布了！", ["圆周率是3.14。", "版本２．０发布了！"]),
+        ("pi is 3.14159. e.g. this stays.", ["pi is 3.14159. e.g. this stays."]),
+        ("Dr.王来了。", ["Dr.王来了。"]),
+        # English next to CJK text, and Korean
+        ("Hello. 你好。", ["Hello.", "你好。"]),
+        ("좋아요! 안녕히 가세요.", ["좋아요!", "안녕히 가세요."]),
+    ],
+)
+def test_split_sentences_keeps_cjk_closers_and_ender_runs(text: str, sentences: list[str]):
+    assert split_sentences(text) == sentences
+
+
+def test_long_runs_of_enders_stay_one_run() -> None:
+    assert split_sentences("a" + "." * 20000 + " b. C") == ["a" + "." * 20000 + " b.", "C"]
+    assert split_sentences("好" + "。" * 20000 + "走") == ["好" + "。" * 20000, "走"]
+
+
 # ---------------------------------------------------------------- sentence index in shards
 
 TEXTS = [

@@ -99,6 +99,7 @@ def test_evaluate_sft_scores_generation(
     _, valid = sft_files
     tuned, base = _sft_scores(lora_run, valid, capsys), _sft_scores(trained_run, valid, capsys)
     assert tuned["examples"] == base["examples"] == 16
+    assert tuned["bleu_tokenize"] == base["bleu_tokenize"] == "13a"  # English references
     assert 0 <= tuned["exact_match"] <= 1
     assert 0 <= tuned["bleu"] <= 100
     assert tuned["bleu"] >= base["bleu"] + 2.0

@@ -28,6 +28,13 @@ def add_evaluate(verbs: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="JSONL prompt/completion pairs: greedy generation scored by exact match, BLEU, chrF",
     )
+    p.add_argument(
+        "--bleu-tokenize",
+        default="auto",
+        choices=["auto", "13a", "zh", "char", "intl", "none"],
+        help="with --sft: sacrebleu's tokenizer for BLEU (default auto: zh when the references "
+        "are mostly Chinese, char when mostly Japanese or Korean, else 13a)",
+    )
     p.add_argument("--split", default="val", choices=["train", "val"], help="with --data")
     p.add_argument(
         "--stride",
@@ -53,7 +60,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         score, plot = evaluate.evaluate_text(args.run, args.text, args.stride, args.plot)
         _print_record(args, score.as_dict(), _text_line(score.as_dict(), plot))
     elif args.sft is not None:
-        print_sft_scores(evaluate.evaluate_sft(args.run, args.sft), args.json)
+        scores = evaluate.evaluate_sft(args.run, args.sft, bleu_tokenize=args.bleu_tokenize)
+        print_sft_scores(scores, args.json)
     elif args.classify is not None:
         result = evaluate.evaluate_classifier(
             args.run, args.classify, args.batch_size, args.plot, args.task
@@ -100,5 +108,6 @@ def print_sft_scores(scores: dict[str, Any], as_json: bool) -> None:
         print(f"prompt: {sample['prompt']!r}\noutput: {sample['output']!r}\n")
     print(
         f"{scores['examples']} pairs: exact match {scores['exact_match']:.3f}, "
-        f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
+        f"BLEU {scores['bleu']:.2f} (tokenize {scores['bleu_tokenize']}), "
+        f"chrF {scores['chrf']:.2f}"
     )

@@ -21,19 +21,53 @@ from lmforge.errors import DataError
 
 IS_NEXT, NOT_NEXT = 0, 1  # NSP labels as in Hugging Face BertForPreTraining
 
-# A sentence ends after . ! ? (optionally closed by a quote or bracket) when whitespace and a
-# capital (Latin, Greek, Cyrillic), digit, opening quote or bracket follow; after a CJK full stop;
-# and at every line break. Abbreviations ("Mr. Smith") are split too: a known, harmless error.
-_BOUNDARY = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-ÞΑ-ΩА-Я])"
-    r"|(?<=[。！？])"
-    r"|\s*\n\s*"
-)
+# Letters of Chinese, Japanese and Korean, for regex character classes: Han ideographs (with
+# 々 and 〇), Kana (with half-width Katakana) and Hangul (syllables and jamo).
+HAN = "\u3005\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+KANA = "\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
+HANGUL = "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af"
+
+_ENDERS = ".!?…。！？｡．"  # ASCII, ellipsis, CJK full stops and full-width forms
+_CJK_STOPS = "。！？｡"  # these end a sentence wherever they stand
+_CLOSERS = "\"'”’)\\]}」』）】》〉〕〗〙〛］｝＂＇｣"
+_CJK_OPENERS = "“‘「『（【《〈〔〖［｛"
+
+# A run of enders with the closing quotes and brackets after it ("。”", "?!", "……」", ".\")"),
+# matched whole from its first character, possessively (no backtracking on long runs of dots).
+_END = re.compile(rf"(?<![{_ENDERS}])[{_ENDERS}]++(?:[{_CLOSERS}]++[{_ENDERS}]++)*+[{_CLOSERS}]*+")
+_NEXT_LATIN = re.compile(r"\s+[\"'“‘(\[]?[A-Z0-9À-ÖØ-ÞΑ-ΩА-Я]")
+_NEXT_CJK = re.compile(rf"(\s*)[{_CJK_OPENERS}]?[{HAN}{KANA}{HANGUL}]")
+
+
+def _ends_sentence(run: str, text: str, after: int) -> bool:
+    """Whether the ender run `run`, followed by text[after:], closes a sentence.
+
+    A run with a CJK stop (。！？｡) always does. Any other run (. ! ? … ．) does when whitespace
+    and a capital (Latin, Greek, Cyrillic), digit or opening quote or bracket follow, as in
+    English, so "3.14", "e.g. this" and "out.Next" stay whole; or when CJK text follows: right
+    after ! or ?, but only after whitespace for dots alone, since a Chinese "……" often trails off
+    mid-sentence. Abbreviations ("Mr. Smith") are split too: a known, harmless error.
+    """
+    if any(c in _CJK_STOPS for c in run) or _NEXT_LATIN.match(text, after):
+        return True
+    cjk = _NEXT_CJK.match(text, after)
+    return cjk is not None and (bool(cjk.group(1)) or "!" in run or "?" in run)
 
 
 def split_sentences(text: str) -> list[str]:
-    """The non-empty, whitespace-stripped sentences of text, in order."""
-    return [s for s in (part.strip() for part in _BOUNDARY.split(text)) if s]
+    """The non-empty, whitespace-stripped sentences of text, in order.
+
+    A sentence ends after a run of enders and the closing quotes and brackets that follow it,
+    which stay with it (`他说：“很好。”` | `然后走了。`, `真的吗？！` | `我不信。`), when
+    `_ends_sentence` says so, and at every line break.
+    """
+
+    def mark(end: re.Match[str]) -> str:
+        run = end.group()
+        return run + "\n" if _ends_sentence(run, text, end.end()) else run
+
+    lines = _END.sub(mark, text).split("\n")
+    return [s for s in (line.strip() for line in lines) if s]
 
 
 class SentenceIndexWriter:

@@ -1,6 +1,7 @@
 """What `lmforge evaluate --text` and `--classify` do: score a run on a file the user gives."""
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from lmforge.data.classify import (
     encode_examples,
     read_examples,
 )
+from lmforge.data.sentences import HAN, HANGUL, KANA
 from lmforge.data.sft import (
     Pair,
     read_pairs,
@@ -39,6 +41,11 @@ from lmforge.rundir.load import load_classifier, load_run, read_chat_template
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# sacrebleu's tokenizers that `evaluate --sft --bleu-tokenize` offers, "auto" choosing among them
+BLEU_TOKENIZERS = ("auto", "13a", "zh", "char", "intl", "none")
+_CJK_LETTER = re.compile(f"[{HAN}{KANA}{HANGUL}]")
+_KANA_OR_HANGUL = re.compile(f"[{KANA}{HANGUL}]")
 
 
 def evaluate_text(
@@ -113,10 +120,48 @@ def evaluate(run_dir: Path, data_dir: Path | None, split: str = "val") -> Perple
     return split_perplexity(model, shards, split, cfg.model.block_size)
 
 
+def bleu_tokenizer(references: list[str]) -> str:
+    """The sacrebleu tokenizer "auto" picks for BLEU against these references.
+
+    `13a` (sacrebleu's default, for text with spaces between words) unless more than half of
+    the references' letters (str.isalpha: digits, punctuation and spaces do not count) are
+    Chinese, Japanese or Korean. Then `zh` (each Han character a token, 13a for the rest) when
+    at most a tenth of the CJK letters are Kana or Hangul (Chinese text); else `char`
+    (every character a token): `zh` would keep a run of Kana or a Hangul word as one token, and
+    sacrebleu's Japanese and Korean tokenizers need MeCab, which lmforge does not install.
+    """
+    letters = [c for reference in references for c in reference if c.isalpha()]
+    cjk = [c for c in letters if _CJK_LETTER.match(c)]
+    if 2 * len(cjk) <= len(letters):
+        return "13a"
+    kana_or_hangul = sum(1 for c in cjk if _KANA_OR_HANGUL.match(c))
+    return "zh" if 10 * kana_or_hangul <= len(cjk) else "char"
+
+
+def _check_bleu_tokenize(tokenize: str) -> None:
+    if tokenize not in BLEU_TOKENIZERS:
+        raise ConfigError(f"unknown BLEU tokenizer {tokenize!r}; use one of {BLEU_TOKENIZERS}")
+
+
+def bleu(hypotheses: list[str], references: list[str], tokenize: str = "auto") -> tuple[float, str]:
+    """sacrebleu's corpus BLEU of the hypotheses against one reference each, and the tokenizer
+    it used: `tokenize`, or for "auto" the one `bleu_tokenizer` picks from the references."""
+    _check_bleu_tokenize(tokenize)
+    if tokenize == "auto":
+        tokenize = bleu_tokenizer(references)
+    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score, tokenize
+
+
 def score_generation(
-    run_dir: Path, pairs: list[Pair], max_new_tokens: int | None = None, batch_size: int = 8
+    run_dir: Path,
+    pairs: list[Pair],
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    bleu_tokenize: str = "auto",
 ) -> dict[str, Any]:
-    """Greedy completions of every prompt against the references: exact match, BLEU, chrF."""
+    """Greedy completions of every prompt against the references: exact match, BLEU (with the
+    sacrebleu tokenizer `bleu` chose, recorded as bleu_tokenize) and chrF (on characters)."""
+    _check_bleu_tokenize(bleu_tokenize)  # before the generation, not after it
     _, model, tokenizer = load_run(run_dir)
     longest = max(len(tokenizer.encode(p.completion)) for p in pairs)
     limit = max_new_tokens or min(2 * longest + 8, model.cfg.block_size - 1)
@@ -128,10 +173,12 @@ def score_generation(
     references = [p.completion.strip() for p in pairs]
     hypotheses = [o.strip() for o in outputs]
     exact = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(pairs)
+    bleu_score, bleu_tokenize = bleu(hypotheses, references, bleu_tokenize)
     return {
         "examples": len(pairs),
         "exact_match": exact,
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "bleu": bleu_score,
+        "bleu_tokenize": bleu_tokenize,
         "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
         "samples": [
             {"prompt": p, "output": o} for p, o in zip(prompts[:3], hypotheses[:3], strict=True)
@@ -139,10 +186,13 @@ def score_generation(
     }
 
 
-def evaluate_sft(run_dir: Path, file: Path, skip_bad_lines: bool = False) -> dict[str, Any]:
+def evaluate_sft(
+    run_dir: Path, file: Path, skip_bad_lines: bool = False, bleu_tokenize: str = "auto"
+) -> dict[str, Any]:
     """`lmforge evaluate RUN --sft FILE`: generation scores on a JSONL of pairs."""
     tokenizer = Tokenizer.load(Path(run_dir) / layout.TOKENIZER_FILE)
     template = read_chat_template(run_dir, tokenizer) or ChatTemplate(
         DEFAULT_TEMPLATE, eos_token=tokenizer.end_token or ""
     )
-    return score_generation(run_dir, read_pairs(file, skip_bad_lines, template))
+    pairs = read_pairs(file, skip_bad_lines, template)
+    return score_generation(run_dir, pairs, bleu_tokenize=bleu_tokenize)
