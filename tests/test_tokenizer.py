@@ -193,3 +193,30 @@ def test_char_unknown_character_maps_to_unk(char: Tokenizer) -> None:
 def test_char_literal_endoftext_becomes_the_special_token(char: Tokenizer) -> None:
     ids = char.encode("dog<|endoftext|>fox")
     assert ids == [*char.encode("dog"), char.eot_id, *char.encode("fox")]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+def test_nfkc_is_stored_in_the_tokenizer_and_applied_after_loading(kind: str, tmp_path) -> None:
+    """prepare --normalize nfkc: full-width ＡＢＣ１２３ encodes as ABC123, also in a later
+    process that only loads tokenizer.json (generation, evaluation, serving)."""
+    from lmforge.tokenizer import Tokenizer
+
+    texts = ["ABC123 hello world, full-width ＡＢＣ１２３ and ﬁ ligatures"] * 30
+    sizes = {} if kind == "char" else {"vocab_size": 300}
+    trained = getattr(Tokenizer, f"train_{kind}")(texts, **sizes, normalize="nfkc")
+    trained.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert loaded.encode("ＡＢＣ１２３") == loaded.encode(
+        "ABC123" if kind != "wordpiece" else "abc123"
+    )
+    assert loaded.encode("ﬁ") == loaded.encode("fi")
+    plain = getattr(Tokenizer, f"train_{kind}")(texts, **sizes)  # the switch does something
+    assert plain.encode("ＡＢＣ１２３") != plain.encode("ABC123")
+
+
+def test_an_unknown_normalization_is_refused() -> None:
+    from lmforge.errors import DataError
+    from lmforge.tokenizer import Tokenizer
+
+    with pytest.raises(DataError, match="--normalize"):
+        Tokenizer.train_bpe(["some text"] * 5, 300, normalize="nfd")

@@ -6,6 +6,7 @@ for BPE and char, `BertTokenizerFast(tokenizer_file=...)` for WordPiece.
 """
 
 import hashlib
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,20 @@ UNK = "<|unk|>"
 PAD, BERT_UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 BERT_SPECIALS = (PAD, BERT_UNK, CLS, SEP, MASK)  # ids 0..4 of a trained WordPiece vocabulary
 _KINDS = {"BPE": "bpe", "WordLevel": "char", "WordPiece": "wordpiece"}
+
+
+NORMALIZATIONS = ("none", "nfc", "nfkc")
+
+
+def unicode_normalizer(form: str) -> normalizers.Normalizer:
+    """The tokenizer-side Unicode normalisation: NFC composes (é as one code point), NFKC also
+    folds compatibility forms (full-width ＡＢＣ１２３ -> ABC123, ligatures, circled digits). Stored
+    in tokenizer.json, so every later encode (generation, evaluation, serving) applies it."""
+    if form == "nfc":
+        return normalizers.NFC()
+    if form == "nfkc":
+        return normalizers.NFKC()
+    raise DataError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}; got {form!r}")
 
 
 class Tokenizer:
@@ -48,11 +63,16 @@ class Tokenizer:
             )
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int = 8192) -> "Tokenizer":
-        """Byte-level BPE: every Unicode string round-trips exactly through its 256 byte symbols."""
+    def train_bpe(
+        cls, texts: Iterable[str], vocab_size: int = 8192, normalize: str = "none"
+    ) -> "Tokenizer":
+        """Byte-level BPE: every Unicode string round-trips exactly through its 256 byte symbols
+        (after the Unicode normalisation `normalize`, if any, which encoding applies too)."""
         if vocab_size < 257:
             raise DataError(f"--vocab-size {vocab_size} is too small for byte-level BPE (>= 257)")
         backend = HFTokenizer(models.BPE())
+        if normalize != "none":
+            backend.normalizer = unicode_normalizer(normalize)
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
@@ -71,20 +91,27 @@ class Tokenizer:
         vocab_size: int = 16000,
         lowercase: bool = True,
         strip_accents: bool | None = None,
+        normalize: str = "none",
     ) -> "Tokenizer":
         """BERT WordPiece: BERT normalizer and pre-tokenizer, `##` continuations, specials 0..4.
 
         Args:
             strip_accents: None follows `lowercase`, as in the original BERT.
+            normalize: a Unicode normalisation (nfc, nfkc) applied before BERT's.
         """
         if vocab_size <= len(BERT_SPECIALS):
             raise DataError(f"--vocab-size {vocab_size} is too small for WordPiece (> 5)")
         backend = HFTokenizer(models.WordPiece(unk_token=BERT_UNK, continuing_subword_prefix="##"))
-        backend.normalizer = normalizers.BertNormalizer(
+        bert = normalizers.BertNormalizer(
             clean_text=True,
             handle_chinese_chars=True,
             strip_accents=strip_accents,
             lowercase=lowercase,
+        )
+        backend.normalizer = (
+            bert
+            if normalize == "none"
+            else normalizers.Sequence([unicode_normalizer(normalize), bert])
         )
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
@@ -103,14 +130,19 @@ class Tokenizer:
         return cls(backend)
 
     @classmethod
-    def train_char(cls, texts: Iterable[str]) -> "Tokenizer":
-        """One token per Unicode character seen in training; unseen characters map to <|unk|>."""
+    def train_char(cls, texts: Iterable[str], normalize: str = "none") -> "Tokenizer":
+        """One token per Unicode character seen in training (after the Unicode normalisation
+        `normalize`, which encoding applies too); unseen characters map to <|unk|>."""
         chars: set[str] = set()
         for text in texts:
-            chars.update(text)
+            chars.update(
+                text if normalize == "none" else unicodedata.normalize(normalize.upper(), text)
+            )
         vocab = {ch: i for i, ch in enumerate(sorted(chars))}
         vocab[EOT], vocab[UNK] = len(vocab), len(vocab) + 1
         backend = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+        if normalize != "none":
+            backend.normalizer = unicode_normalizer(normalize)
         backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         backend.decoder = decoders.Fuse()
         backend.add_special_tokens([EOT, UNK])
