@@ -10,14 +10,34 @@ def add_prepare(verbs: argparse._SubParsersAction) -> None:
         "prepare",
         help="clean a corpus, train a tokenizer, write token shards",
         description="Read text, clean and dedup it, train a tokenizer and write "
-        "train/val token shards (*.bin + meta.json) into --out.",
+        "train/val token shards (*.bin + meta.json) into --out. Inputs are streamed in bounded "
+        "memory: text files (.txt .md .rst, any unknown suffix), .jsonl, .csv, .tsv (each also "
+        ".gz .zst .bz2 .xz), .parquet, .arrow, a datasets save_to_disk directory, "
+        "hf:NAME[:CONFIG][:SPLIT] (datasets.load_dataset) and builtin:python-docs; .zst, "
+        "Parquet, Arrow and datasets need pip install 'lmforge[data]'.",
     )
     p.add_argument(
         "--input",
         nargs="+",
         required=True,
         metavar="PATH",
-        help="files, directories, globs, .jsonl (text field) or builtin:python-docs",
+        help="files, directories (searched recursively), globs, a saved dataset directory, "
+        "hf:NAME[:CONFIG][:SPLIT] or builtin:python-docs",
+    )
+    p.add_argument(
+        "--documents",
+        choices=["chunk", "paragraph", "line"],
+        default="chunk",
+        help="what one document of a text file is: pieces of up to 64K characters cut at "
+        "paragraph, line or sentence breaks (chunk, the default), each blank-line-separated "
+        "paragraph, or each non-blank line; a JSONL record or table row is always one",
+    )
+    p.add_argument(
+        "--text-column",
+        default="text",
+        metavar="NAME",
+        help="the JSONL field (a.b for a nested one) or the column of a .csv/.tsv/.parquet/"
+        ".arrow file or dataset that holds the text (default: text)",
     )
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
     p.add_argument(
@@ -68,6 +88,8 @@ def run_prepare(args: argparse.Namespace) -> None:
             tokenizer_file=args.tokenizer_file,
             overwrite=args.overwrite,
             lowercase=args.lowercase,
+            documents=args.documents,
+            text_column=args.text_column,
         )
     )
     splits = meta["splits"]

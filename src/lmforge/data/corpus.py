@@ -1,33 +1,33 @@
-"""Stream documents from files, directories, globs, JSONL and the built-in corpus; clean; dedup."""
+"""Resolve inputs, stream their documents (readers.py), clean them, drop duplicates, report."""
 
 import glob
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lmforge.data.builtin import BUILTIN_PYTHON_DOCS, python_docs
+from lmforge.data.builtin import BUILTIN_PYTHON_DOCS
+from lmforge.data.readers import (
+    CHUNK_CHARS,
+    DOCUMENT_MODES,
+    FORMATS,
+    HF_PREFIX,
+    Document,
+    ReadOptions,
+    directory_sources,
+    is_saved_dataset,
+    parse_hf,
+    read_source,
+)
 from lmforge.errors import DataError
 
-TEXT_SUFFIXES = frozenset({".txt", ".md", ".text", ".rst", ".jsonl"})
-CHUNK_CHARS = 1 << 16  # a long text file is cut at paragraph breaks into ~64K-char documents
-_BINARY_PROBE_BYTES = 8192
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ODD_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One unit of text; `continued` marks a later chunk of the same long file (no separator)."""
-
-    text: str
-    source: str
-    continued: bool = False
+_ROW_NUMBER = re.compile(r":\d+$")
 
 
 @dataclass(slots=True)
@@ -65,7 +65,11 @@ def clean_text(text: str) -> str:
 
 
 def resolve_inputs(inputs: Iterable[str]) -> list[str]:
-    """Expand directories (recursively) and globs into a sorted list of files; fail on a miss."""
+    """Expand directories (recursively) and globs into a sorted list of sources; fail on a miss.
+
+    A `datasets` save_to_disk directory, hf:NAME[:CONFIG][:SPLIT] and builtin:python-docs are
+    sources of their own; a directory search takes every file whose type readers.py knows.
+    """
     resolved: list[str] = []
     for item in inputs:
         path = Path(item)
@@ -73,94 +77,48 @@ def resolve_inputs(inputs: Iterable[str]) -> list[str]:
             resolved.append(item)
         elif item.startswith("builtin:"):
             raise DataError(f"unknown built-in corpus {item!r}; available: {BUILTIN_PYTHON_DOCS}")
+        elif item.startswith(HF_PREFIX):
+            parse_hf(item)  # a malformed name fails now
+            resolved.append(item)
+        elif path.is_dir() and is_saved_dataset(path):
+            resolved.append(item)
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-            if not files:
+            if not (found := directory_sources(path)):
+                known = ", ".join(sorted(FORMATS))
                 raise DataError(
-                    f"directory {item} holds no {', '.join(sorted(TEXT_SUFFIXES))} files"
+                    f"directory {item} holds no {known} files (compressed or not) "
+                    "nor saved datasets"
                 )
-            resolved += [str(p) for p in files]
+            resolved += found
         elif path.is_file():
             resolved.append(item)
-        elif matches := sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file()):
+        elif matches := sorted(
+            m for m in glob.glob(item, recursive=True) if Path(m).is_file() or _dataset_dir(m)
+        ):
             resolved += matches
         else:
-            raise DataError(f"input not found: {item} (give files, directories or glob patterns)")
+            raise DataError(
+                f"input not found: {item} (give files, directories, glob patterns, "
+                "hf:NAME or builtin:python-docs)"
+            )
     if not resolved:
         raise DataError("no input given: pass --input PATH (or builtin:python-docs)")
     return resolved
 
 
-def read_documents(sources: list[str], encoding_errors: str = "strict") -> Iterator[Document]:
+def _dataset_dir(path: str) -> bool:
+    return Path(path).is_dir() and is_saved_dataset(Path(path))
+
+
+def read_documents(sources: list[str], options: ReadOptions | None = None) -> Iterator[Document]:
     """Stream raw documents from resolved sources, never holding a whole large file in memory."""
     for source in sources:
-        if source == BUILTIN_PYTHON_DOCS:
-            for name, text in python_docs():
-                yield Document(text, name)
-        elif source.endswith(".jsonl"):
-            yield from _read_jsonl(Path(source), encoding_errors)
-        else:
-            yield from _read_text_chunks(Path(source), encoding_errors)
-
-
-def _decoded_lines(path: Path, encoding_errors: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) per line, checking for binary content and invalid UTF-8 as we go."""
-    with path.open("rb") as handle:
-        head = handle.read(_BINARY_PROBE_BYTES)
-        if (nul := head.find(b"\x00")) >= 0:
-            raise DataError(
-                f"{path} looks like a binary file (NUL byte at offset {nul}); "
-                "give text files (.txt, .md, .jsonl)"
-            )
-        handle.seek(0)
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8", errors=encoding_errors)
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}: invalid UTF-8 at byte offset {offset + exc.start} (line {number}); "
-                    "fix the file's encoding or pass --encoding-errors replace"
-                ) from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            offset += len(raw)
-            yield number, line
-
-
-def _read_text_chunks(path: Path, encoding_errors: str) -> Iterator[Document]:
-    """A text file as one document, or as ~CHUNK_CHARS chunks cut at blank lines if it is long."""
-    lines: list[str] = []
-    size, chunks = 0, 0
-    for _, line in _decoded_lines(path, encoding_errors):
-        if size >= CHUNK_CHARS and not line.strip():
-            yield Document("".join(lines), str(path), continued=chunks > 0)
-            lines, size, chunks = [], 0, chunks + 1
-            continue
-        lines.append(line)
-        size += len(line)
-    if lines:
-        yield Document("".join(lines), str(path), continued=chunks > 0)
-
-
-def _read_jsonl(path: Path, encoding_errors: str) -> Iterator[Document]:
-    """One document per JSON line, taken from its `text` field."""
-    for number, line in _decoded_lines(path, encoding_errors):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{path}:{number}: expected an object with a string 'text' field")
-        yield Document(record["text"], f"{path}:{number}")
+        yield from read_source(source, options or ReadOptions())
 
 
 def _origin(source: str) -> str:
-    """The file a document came from (a JSONL document is named path:line)."""
-    path, _, line = source.rpartition(":")
-    return path if line.isdigit() and path.endswith(".jsonl") else source
+    """The input a document came from (a record, row or line of one is named source:number)."""
+    return _ROW_NUMBER.sub("", source)
 
 
 def clean_documents(
@@ -168,8 +126,9 @@ def clean_documents(
 ) -> Iterator[Document]:
     """Clean each document, dropping exact duplicates and those shorter than min_chars.
 
-    Later chunks of a long file are never dropped (they are parts of one document); if the
-    chunk before one was dropped, it starts a document of its own instead of continuing it.
+    Later chunks of a long file are never dropped (they are parts of one document) unless
+    nothing is left of them; if the chunk before one was dropped, it starts a document of its
+    own instead of continuing it.
     """
     seen: set[bytes] = set()
     sources: set[str] = set()
@@ -180,6 +139,9 @@ def clean_documents(
         sources.add(_origin(doc.source))
         report.sources = len(sources)
         text = clean_text(doc.text)
+        if doc.continued and not text:  # control characters only: nothing to add
+            report.too_short += 1
+            continue
         if doc.continued:
             yield Document(text, doc.source, continued=not previous_dropped)
             previous_dropped = False
@@ -200,11 +162,25 @@ def clean_documents(
 
 
 def stream_corpus(
-    inputs: Iterable[str], min_chars: int = 16, encoding_errors: str = "strict"
+    inputs: Iterable[str],
+    min_chars: int = 16,
+    encoding_errors: str = "strict",
+    documents: str = "chunk",
+    text_column: str = "text",
+    chunk_chars: int = CHUNK_CHARS,
 ) -> tuple[Iterator[Document], CorpusReport]:
-    """Resolve inputs now (so a missing path fails early) and return cleaned documents + report."""
+    """Resolve inputs now (so a missing path fails early) and return cleaned documents + report.
+
+    documents: what one document of a text file is (chunk, paragraph or line); text_column:
+    the field of a JSONL record or the column of a table or dataset that holds the text.
+    """
     if encoding_errors not in ("strict", "replace", "ignore"):
         raise DataError("--encoding-errors must be strict, replace or ignore")
+    if documents not in DOCUMENT_MODES:
+        raise DataError(f"--documents must be one of {', '.join(DOCUMENT_MODES)}")
+    if not text_column:
+        raise DataError("--text-column must name a field or column")
     sources = resolve_inputs(inputs)
+    options = ReadOptions(documents, text_column, encoding_errors, chunk_chars)
     report = CorpusReport()
-    return clean_documents(read_documents(sources, encoding_errors), report, min_chars), report
+    return clean_documents(read_documents(sources, options), report, min_chars), report

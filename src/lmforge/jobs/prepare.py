@@ -29,6 +29,8 @@ class PrepareOptions:
     tokenizer_file: Path | None = None
     overwrite: bool = False
     lowercase: bool = True  # wordpiece only: lowercase and strip accents, as uncased BERT
+    documents: str = "chunk"  # what one document of a text file is: chunk, paragraph or line
+    text_column: str = "text"  # JSONL field (a.b: nested) or table / dataset column with the text
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
@@ -36,7 +38,13 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
     if not 0 <= opts.val_fraction < 1:
         raise DataError("--val-fraction must be in [0, 1)")
     check_output_dir(opts.out, opts.overwrite)
-    corpus = lambda: stream_corpus(opts.inputs, opts.min_chars, opts.encoding_errors)  # noqa: E731
+    corpus = lambda: stream_corpus(  # noqa: E731
+        opts.inputs,
+        opts.min_chars,
+        opts.encoding_errors,
+        documents=opts.documents,
+        text_column=opts.text_column,
+    )
     documents, report = corpus()
     texts = (d.text for d in documents)
     if opts.tokenizer_file:
