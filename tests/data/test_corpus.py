@@ -302,3 +302,63 @@ def test_builtin_python_docs_yields_megabytes_of_text() -> None:
     assert len(sources) > 100
     assert any("/topics/" in s for s in sources)
     assert any("/stdlib/" in s for s in sources)
+
+
+def _reviews(tmp_path: Path) -> Path:
+    """60 distinct reviews of 120 words, 20 copied again with one word changed (near-duplicates)."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(400)]
+    originals = [" ".join(rng.choice(words) for _ in range(120)) for _ in range(60)]
+    copies = [text.replace(text.split()[60], "changed", 1) for text in originals[:20]]  # J ~ 0.92
+    path = tmp_path / "reviews.txt"
+    path.write_text("\n\n".join(originals + copies), encoding="utf-8")
+    return path
+
+
+def test_prepare_near_dedup_drops_the_planted_copies_and_writes_a_sample(tmp_path: Path) -> None:
+    import json
+
+    from lmforge.jobs.prepare import PrepareOptions, prepare
+
+    corpus = _reviews(tmp_path)
+    common = {"inputs": [str(corpus)], "tokenizer": "char", "documents": "paragraph"}
+    plain = prepare(PrepareOptions(out=tmp_path / "plain", **common))
+    deduped = prepare(PrepareOptions(out=tmp_path / "dedup", near_dedup=0.8, **common))
+    assert plain["report"]["documents_out"] == 80
+    assert plain["report"]["near_duplicates"] == 0
+    assert deduped["report"]["near_duplicates"] == 20
+    assert deduped["report"]["documents_out"] == 60
+    sample = (tmp_path / "dedup" / "near_duplicates.jsonl").read_text(encoding="utf-8")
+    records = [json.loads(line) for line in sample.splitlines()]
+    assert len(records) == 5
+    assert all(r["similarity"] >= 0.8 and r["similar_to"] < r["position"] for r in records)
+
+
+def test_prepare_normalize_nfkc_is_stored_in_the_tokenizer(tmp_path: Path) -> None:
+    from lmforge.jobs.prepare import PrepareOptions, prepare
+    from lmforge.tokenizer import Tokenizer
+
+    text = tmp_path / "wide.txt"
+    text.write_text("Full-width ＡＢＣ１２３ and plain ABC123 text. " * 20, encoding="utf-8")
+    prepare(
+        PrepareOptions(
+            inputs=[str(text)],
+            out=tmp_path / "d",
+            tokenizer="bpe",
+            vocab_size=300,
+            normalize="nfkc",
+        )
+    )
+    tokenizer = Tokenizer.load(tmp_path / "d" / "tokenizer.json")
+    assert tokenizer.encode("ＡＢＣ１２３") == tokenizer.encode("ABC123")
+    with pytest.raises(DataError, match="--normalize"):
+        prepare(
+            PrepareOptions(
+                inputs=[str(text)],
+                out=tmp_path / "e",
+                normalize="nfkc",
+                tokenizer_file=tmp_path / "d" / "tokenizer.json",
+            )
+        )

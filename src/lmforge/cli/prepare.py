@@ -39,6 +39,22 @@ def add_prepare(verbs: argparse._SubParsersAction) -> None:
         help="the JSONL field (a.b for a nested one) or the column of a .csv/.tsv/.parquet/"
         ".arrow file or dataset that holds the text (default: text)",
     )
+    p.add_argument(
+        "--normalize",
+        choices=["none", "nfc", "nfkc"],
+        default="none",
+        help="Unicode normalisation stored in the trained tokenizer, so generation and "
+        "evaluation apply it too: nfkc folds full-width ＡＢＣ１２３ to ABC123 (default: none)",
+    )
+    p.add_argument(
+        "--near-dedup",
+        type=float,
+        default=0.0,
+        metavar="THRESHOLD",
+        help="drop documents whose MinHash-estimated Jaccard similarity with an earlier one is "
+        ">= THRESHOLD (e.g. 0.8; word 5-grams, or character 3-grams for Chinese/Japanese/"
+        "Korean); examples go to near_duplicates.jsonl (default 0: off)",
+    )
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
     p.add_argument(
         "--tokenizer",
@@ -90,6 +106,8 @@ def run_prepare(args: argparse.Namespace) -> None:
             lowercase=args.lowercase,
             documents=args.documents,
             text_column=args.text_column,
+            normalize=args.normalize,
+            near_dedup=args.near_dedup,
         )
     )
     splits = meta["splits"]

@@ -5,10 +5,12 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.data.builtin import BUILTIN_PYTHON_DOCS
+from lmforge.data.near_dedup import NearDuplicateIndex
 from lmforge.data.readers import (
     CHUNK_CHARS,
     DOCUMENT_MODES,
@@ -41,14 +43,17 @@ class CorpusReport:
     chars_out: int = 0
     duplicates: int = 0
     too_short: int = 0
+    near_duplicates: int = 0  # with --near-dedup: dropped as near-copies of an earlier document
+    near_duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
+        near = f", {self.near_duplicates} near duplicates" if self.near_duplicates else ""
         return (
             f"{self.sources} sources, {self.documents_in} documents in -> {self.documents_out} out "
-            f"({self.duplicates} exact duplicates, {self.too_short} too short dropped); "
+            f"({self.duplicates} exact duplicates{near}, {self.too_short} too short dropped); "
             f"{self.chars_in:,} -> {self.chars_out:,} characters"
         )
 
@@ -161,6 +166,45 @@ def clean_documents(
         report.chars_out += len(text)
 
 
+def drop_near_duplicates(
+    documents: Iterable[Document], report: CorpusReport, threshold: float, examples: int = 5
+) -> Iterator[Document]:
+    """Drop every document whose estimated Jaccard similarity (MinHash + LSH, data/near_dedup)
+    with an earlier kept one is >= threshold, with the later pieces of a dropped long file;
+    counts them and keeps the first `examples` as {removed, position, similar_to, similarity}
+    records (positions count the cleaned documents from 0; texts are not kept, memory stays
+    bounded)."""
+    index = NearDuplicateIndex(threshold)
+    dropping = False
+    for position, doc in enumerate(documents):
+        if doc.continued:
+            if not dropping:
+                yield doc
+            else:
+                report.documents_out -= 1
+                report.chars_out -= len(doc.text)
+            continue
+        match = index.check_and_add(doc.text, key=position)
+        dropping = match is not None
+        if not dropping:
+            yield doc
+            continue
+        report.near_duplicates += 1
+        report.documents_out -= 1
+        report.chars_out -= len(doc.text)
+        if len(report.near_duplicate_examples) < examples:
+            similar, similarity = match
+            report.near_duplicate_examples.append(
+                {
+                    "removed": doc.text[:200],
+                    "source": doc.source,
+                    "position": position,
+                    "similar_to": int(similar),
+                    "similarity": round(float(similarity), 3),
+                }
+            )
+
+
 def stream_corpus(
     inputs: Iterable[str],
     min_chars: int = 16,
@@ -168,12 +212,16 @@ def stream_corpus(
     documents: str = "chunk",
     text_column: str = "text",
     chunk_chars: int = CHUNK_CHARS,
+    near_dedup: float = 0.0,
 ) -> tuple[Iterator[Document], CorpusReport]:
     """Resolve inputs now (so a missing path fails early) and return cleaned documents + report.
 
     documents: what one document of a text file is (chunk, paragraph or line); text_column:
-    the field of a JSONL record or the column of a table or dataset that holds the text.
+    the field of a JSONL record or the column of a table or dataset that holds the text;
+    near_dedup: drop near-duplicates at this estimated Jaccard similarity (0: off).
     """
+    if not 0 <= near_dedup <= 1:
+        raise DataError("--near-dedup must be a similarity in (0, 1], e.g. 0.8 (0 turns it off)")
     if encoding_errors not in ("strict", "replace", "ignore"):
         raise DataError("--encoding-errors must be strict, replace or ignore")
     if documents not in DOCUMENT_MODES:
@@ -183,4 +231,7 @@ def stream_corpus(
     sources = resolve_inputs(inputs)
     options = ReadOptions(documents, text_column, encoding_errors, chunk_chars)
     report = CorpusReport()
-    return clean_documents(read_documents(sources, options), report, min_chars), report
+    cleaned = clean_documents(read_documents(sources, options), report, min_chars)
+    if near_dedup > 0:
+        cleaned = drop_near_duplicates(cleaned, report, near_dedup)
+    return cleaned, report

@@ -1,5 +1,6 @@
 """`lmforge prepare`: corpus -> cleaned documents -> tokenizer -> train/val token shards."""
 
+import json
 import logging
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ class PrepareOptions:
     lowercase: bool = True  # wordpiece only: lowercase and strip accents, as uncased BERT
     documents: str = "chunk"  # what one document of a text file is: chunk, paragraph or line
     text_column: str = "text"  # JSONL field (a.b: nested) or table / dataset column with the text
+    normalize: str = "none"  # Unicode normalisation stored in the tokenizer: none, nfc, nfkc
+    near_dedup: float = 0.0  # drop near-duplicates at this MinHash similarity (0: off)
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
@@ -44,18 +47,26 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         opts.encoding_errors,
         documents=opts.documents,
         text_column=opts.text_column,
+        near_dedup=opts.near_dedup,
     )
     documents, report = corpus()
     texts = (d.text for d in documents)
+    if opts.tokenizer_file and opts.normalize != "none":
+        raise DataError(
+            "--normalize is stored in a newly trained tokenizer; with --tokenizer-file the "
+            "file's own normaliser applies: drop --normalize"
+        )
     if opts.tokenizer_file:
         tokenizer = Tokenizer.load(opts.tokenizer_file)
         sum(1 for _ in texts)  # one pass for the report
     elif opts.tokenizer == "char":
-        tokenizer = Tokenizer.train_char(texts)
+        tokenizer = Tokenizer.train_char(texts, normalize=opts.normalize)
     elif opts.tokenizer == "bpe":
-        tokenizer = Tokenizer.train_bpe(texts, opts.vocab_size)
+        tokenizer = Tokenizer.train_bpe(texts, opts.vocab_size, normalize=opts.normalize)
     elif opts.tokenizer == "wordpiece":
-        tokenizer = Tokenizer.train_wordpiece(texts, opts.vocab_size, lowercase=opts.lowercase)
+        tokenizer = Tokenizer.train_wordpiece(
+            texts, opts.vocab_size, lowercase=opts.lowercase, normalize=opts.normalize
+        )
     else:
         raise DataError(f"unknown --tokenizer {opts.tokenizer!r}; use bpe, wordpiece or char")
     if report.documents_out == 0:
@@ -71,6 +82,11 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         tokenizer.save(tmp / layout.TOKENIZER_FILE)
         documents, _ = corpus()
         meta = write_shards(documents, tokenizer, tmp, opts.val_fraction)
+        if report.near_duplicate_examples:  # what near-duplicate removal took, to look at
+            sample = "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in report.near_duplicate_examples
+            )
+            (tmp / layout.NEAR_DUPLICATES_SAMPLE).write_text(sample, encoding="utf-8")
         replace_directory(tmp, opts.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

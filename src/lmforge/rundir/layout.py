@@ -24,6 +24,7 @@ ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+NEAR_DUPLICATES_SAMPLE = "near_duplicates.jsonl"  # prepare --near-dedup: removed examples
 LOGGER_DIR = "logs"  # train.logger's files: logs/tensorboard (event files), logs/wandb
 STATE_DIR = "trainer_state"
 STATE_FILE = "state.pt"
