@@ -362,3 +362,25 @@ def test_prepare_normalize_nfkc_is_stored_in_the_tokenizer(tmp_path: Path) -> No
                 tokenizer_file=tmp_path / "d" / "tokenizer.json",
             )
         )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda i: f"line {i}: a short line of text without blank lines\n",  # cut at line breaks
+        lambda i: f"Sentence number {i} ends here. ",  # one long line: cut at sentence ends
+        lambda i: f"x{i % 10}",  # no space at all: hard cuts mid-word
+    ],
+)
+def test_continued_pieces_rejoin_into_the_cleaned_text(tmp_path: Path, make) -> None:
+    """The shard writer joins a continued piece with its joiner: the text comes back whole,
+    with no blank line put where a line break, a space or nothing stood."""
+    text = "".join(make(i) for i in range(40_000))
+    path = tmp_path / "long.txt"
+    path.write_text(text, encoding="utf-8")
+    documents, _ = stream_corpus([str(path)], chunk_chars=20_000)
+    pieces = list(documents)
+    assert len(pieces) > 3
+    assert all(p.continued for p in pieces[1:])
+    rejoined = pieces[0].text + "".join(p.joiner + p.text for p in pieces[1:])
+    assert rejoined == corpus.clean_text(text)

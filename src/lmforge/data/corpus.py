@@ -126,6 +126,17 @@ def _origin(source: str) -> str:
     return _ROW_NUMBER.sub("", source)
 
 
+def joiner_for(gap: str) -> str:
+    """What joins a continued piece to the one before, from the whitespace cut between them: a
+    blank line stays a paragraph break, a line break a line break, spaces one space; a cut in
+    the middle of a word joins with nothing."""
+    if "\n\n" in gap:
+        return "\n\n"
+    if "\n" in gap:
+        return "\n"
+    return " " if gap else ""
+
+
 def clean_documents(
     documents: Iterable[Document], report: CorpusReport, min_chars: int = 16
 ) -> Iterator[Document]:
@@ -138,7 +149,10 @@ def clean_documents(
     seen: set[bytes] = set()
     sources: set[str] = set()
     previous_dropped = False
+    previous_tail = ""  # the whitespace the previous raw piece ended with
     for doc in documents:
+        gap = previous_tail + doc.text[: len(doc.text) - len(doc.text.lstrip())]
+        previous_tail = doc.text[len(doc.text.rstrip()) :]
         report.documents_in += 1
         report.chars_in += len(doc.text)
         sources.add(_origin(doc.source))
@@ -148,7 +162,7 @@ def clean_documents(
             report.too_short += 1
             continue
         if doc.continued:
-            yield Document(text, doc.source, continued=not previous_dropped)
+            yield Document(text, doc.source, not previous_dropped, joiner_for(gap))
             previous_dropped = False
         elif len(text) < min_chars:
             report.too_short += 1

@@ -75,6 +75,7 @@ class Document:
     text: str
     source: str
     continued: bool = False
+    joiner: str = "\n\n"  # a continued piece: what stood between it and the piece before
 
 
 @dataclass(frozen=True, slots=True)

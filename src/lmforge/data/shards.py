@@ -113,7 +113,7 @@ def _encode_documents(
         if tokenizer.kind == "wordpiece":
             yield from _encode_sentences(batch, tokenizer, separator)
             continue
-        texts = [("\n\n" + d.text) if d.continued else d.text for d in batch]
+        texts = [(d.joiner + d.text) if d.continued else d.text for d in batch]
         for doc, ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
             tokens = np.asarray(ids if doc.continued else [separator, *ids], dtype=np.int64)
             yield _Piece(tokens, None, doc.continued)
