@@ -55,6 +55,14 @@ def add_prepare(verbs: argparse._SubParsersAction) -> None:
         ">= THRESHOLD (e.g. 0.8; word 5-grams, or character 3-grams for Chinese/Japanese/"
         "Korean); examples go to near_duplicates.jsonl (default 0: off)",
     )
+    p.add_argument(
+        "--segmenter",
+        choices=["none", "jieba"],
+        default="none",
+        help="wordpiece: also store each token's word start from a word segmenter, so "
+        "data.whole_word_masking masks whole Chinese words (jieba: pip install 'lmforge[zh]'; "
+        "default: none, whole words are WordPiece's ## pieces)",
+    )
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
     p.add_argument(
         "--tokenizer",
@@ -108,6 +116,7 @@ def run_prepare(args: argparse.Namespace) -> None:
             text_column=args.text_column,
             normalize=args.normalize,
             near_dedup=args.near_dedup,
+            segmenter=args.segmenter,
         )
     )
     splits = meta["splits"]

@@ -345,7 +345,9 @@ class DataConfig:
 
     dir: str = param("", "data directory made by `lmforge prepare` (meta.json + *.bin)")
     whole_word_masking: bool = param(
-        False, "MLM: mask every WordPiece of a chosen word (whole-word masking) instead of pieces"
+        False,
+        "MLM: mask every WordPiece of a chosen word (whole-word masking) instead of pieces; "
+        "data prepared with --segmenter jieba masks jieba's Chinese words whole",
     )
 
 

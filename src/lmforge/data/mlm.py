@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.data.batches import IGNORE_INDEX, Batch
-from lmforge.data.sentences import SentenceCorpus, nsp_examples
+from lmforge.data.sentences import SentenceCorpus, nsp_examples, unpack_word_starts
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer
 
@@ -26,6 +26,7 @@ class BertVocab:
     mask_id: int
     special: torch.Tensor  # (V,) bool: never masked, never a random replacement
     continuation: torch.Tensor | None = None  # (V,) bool on "##" pieces; set → whole-word masking
+    segmented: bool = False  # the corpus packs segmenter word starts into its ids (--segmenter)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer, whole_word: bool = False) -> "BertVocab":
@@ -127,13 +128,22 @@ def _choose_words(
 
 
 def mask_batch(
-    batch: Batch, vocab: BertVocab, generator: torch.Generator, prob: float = 0.15
+    batch: Batch,
+    vocab: BertVocab,
+    generator: torch.Generator,
+    prob: float = 0.15,
+    starts: torch.Tensor | None = None,
 ) -> Batch:
-    """Mask a batch of unmasked BERT examples (specials and padding are never chosen)."""
+    """Mask a batch of unmasked BERT examples (specials and padding are never chosen).
+
+    Whole words are masked together when starts (B, T) bool marks where words begin (a
+    segmenter's words), else when vocab has a continuation table (WordPiece's `##` pieces).
+    """
     special_mask = vocab.special[batch.inputs]
     if batch.attention_mask is not None:
         special_mask |= ~batch.attention_mask
-    starts = None if vocab.continuation is None else word_starts(batch.inputs, vocab.continuation)
+    if starts is None and vocab.continuation is not None:
+        starts = word_starts(batch.inputs, vocab.continuation)
     inputs, targets = mask_tokens(
         batch.inputs, special_mask, vocab.replacement_ids, generator, vocab.mask_id, prob, starts
     )
@@ -149,8 +159,16 @@ def mlm_batch(
     nsp: bool = True,
     prob: float = 0.15,
 ) -> Batch:
-    """A ready BERT pretraining batch: NSP pairs (or MLM-only runs of sentences), masked."""
+    """A ready BERT pretraining batch: NSP pairs (or MLM-only runs of sentences), masked.
+
+    With vocab.segmented the corpus carries word starts (`TokenShards.sentences(split, True)`) and
+    each segmented word is masked whole.
+    """
     batch = nsp_examples(
         corpus, batch_size, max_seq_len, generator, vocab.cls_id, vocab.sep_id, vocab.pad_id, nsp
     )
-    return mask_batch(batch, vocab, generator, prob)
+    starts = None
+    if vocab.segmented:
+        inputs, starts = unpack_word_starts(batch.inputs)
+        batch = dataclasses.replace(batch, inputs=inputs)
+    return mask_batch(batch, vocab, generator, prob, starts)

@@ -70,6 +70,61 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in (line.strip() for line in lines) if s]
 
 
+# With `prepare --segmenter jieba`, each token shard has a uint8 twin of word-start flags (1 where
+# a token begins a segmented word). A corpus opened with them returns each token id with its flag
+# packed at this bit, so the flags travel through `nsp_examples` untouched; `unpack_word_starts`
+# takes them off again before masking.
+WORD_START_SHIFT = 32
+SEGMENTERS = ("none", "jieba")
+
+
+def load_jieba() -> Any:
+    """The jieba module, quiet, or a DataError that says how to install it."""
+    try:
+        import jieba
+    except ImportError:
+        raise DataError(
+            "--segmenter jieba needs the jieba package: pip install 'lmforge[zh]'"
+        ) from None
+    jieba.setLogLevel(60)  # no "Building prefix dict" chatter on stderr
+    return jieba
+
+
+def word_start_flags(segment: Any, text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """uint8 (n,): 1 where the token at offsets[i] (character offsets into text) starts a word.
+
+    A token starts a word when the segmenter's word holding its first character differs from the
+    one holding the previous token's first character; the first token always starts one.
+    """
+    word_of = np.zeros(len(text) + 1, dtype=np.int64)
+    for index, (_, start, end) in enumerate(segment.tokenize(text)):
+        word_of[start:end] = index
+    firsts = np.array([start for start, _ in offsets], dtype=np.int64).reshape(-1)
+    words = word_of[np.minimum(firsts, len(text))]
+    return np.concatenate([[True], words[1:] != words[:-1]])[: len(firsts)].astype(np.uint8)
+
+
+class FlaggedTokens:
+    """One shard's token ids with its word-start flags packed in (see WORD_START_SHIFT)."""
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray) -> None:
+        if len(ids) != len(starts):
+            raise DataError(f"{len(starts)} word-start flags for {len(ids)} tokens")
+        self.ids, self.starts = ids, starts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        flags = self.starts[key].astype(np.int64) << WORD_START_SHIFT
+        return self.ids[key].astype(np.int64) | flags
+
+
+def unpack_word_starts(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, starts) from ids with packed word-start flags: starts is (B, T) bool."""
+    return ids & ((1 << WORD_START_SHIFT) - 1), (ids >> WORD_START_SHIFT).bool()
+
+
 class SentenceIndexWriter:
     """Appends one split's sentence spans and document starts to its two index files."""
 

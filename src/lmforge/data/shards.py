@@ -1,7 +1,10 @@
 """Token shards: documents encoded in parallel into uint16/uint32 `.bin` memmaps + `meta.json`.
 
 With a wordpiece tokenizer each split also gets a sentence index (see `lmforge.data.sentences`)
-for BERT's next-sentence prediction; bpe and char shards are written exactly as before.
+for BERT's next-sentence prediction; bpe and char shards are written exactly as before. With a
+segmenter (`prepare --segmenter jieba`) each shard `{split}_NNN.bin` also gets a uint8 twin
+`{split}_NNN.words.bin`, named in its meta.json file entry as "word_starts": 1 where a token
+begins a segmented word, for whole-word masking of Chinese.
 """
 
 import itertools
@@ -16,7 +19,15 @@ import numpy as np
 import torch
 
 from lmforge.data.corpus import Document
-from lmforge.data.sentences import SentenceCorpus, SentenceIndexWriter, split_sentences
+from lmforge.data.sentences import (
+    SEGMENTERS,
+    FlaggedTokens,
+    SentenceCorpus,
+    SentenceIndexWriter,
+    load_jieba,
+    split_sentences,
+    word_start_flags,
+)
 from lmforge.errors import DataError
 from lmforge.rundir.files import write_text_atomic
 from lmforge.tokenizer import Tokenizer
@@ -39,11 +50,14 @@ class _Piece:
     spans: np.ndarray | None  # (n, 2) sentence [start, end) offsets into tokens (wordpiece)
     continued: bool = False
     new_document: bool = True  # starts a document in the sentence index of its split
+    starts: np.ndarray | None = None  # uint8 word-start flag of each token (--segmenter)
 
     def cut(self, at: int) -> tuple["_Piece", "_Piece"]:
         """Split at token `at`; a sentence that straddles the cut becomes two."""
         head = _Piece(self.tokens[:at], None, self.continued, self.new_document)
         tail = _Piece(self.tokens[at:], None, True, True)
+        if self.starts is not None:
+            head.starts, tail.starts = self.starts[:at], self.starts[at:]
         if self.spans is not None:
             head.spans = np.minimum(self.spans[self.spans[:, 0] < at], at)
             tail.spans = np.maximum(self.spans[self.spans[:, 1] > at], at) - at
@@ -66,13 +80,21 @@ class _SplitWriter:
         if self.sentences is not None and piece.spans is not None:
             offset = sum(f["tokens"] for f in self.files)
             self.sentences.add(piece.spans + offset, piece.new_document)
-        tokens = piece.tokens
+        tokens, starts = piece.tokens, piece.starts
         while len(tokens):
             if not self.files or self.files[-1]["tokens"] >= self.shard_tokens:
-                self.files.append({"name": f"{self.split}_{len(self.files):03d}.bin", "tokens": 0})
+                entry = {"name": f"{self.split}_{len(self.files):03d}.bin", "tokens": 0}
+                if starts is not None:
+                    entry["word_starts"] = f"{self.split}_{len(self.files):03d}.words.bin"
+                    (self.directory / entry["word_starts"]).write_bytes(b"")
+                self.files.append(entry)
             room = self.shard_tokens - self.files[-1]["tokens"]
             with (self.directory / self.files[-1]["name"]).open("ab") as handle:
                 handle.write(tokens[:room].astype(self.dtype).tobytes())
+            if starts is not None:
+                with (self.directory / self.files[-1]["word_starts"]).open("ab") as handle:
+                    handle.write(starts[:room].astype(np.uint8).tobytes())
+                starts = starts[room:]
             self.files[-1]["tokens"] += len(tokens[:room])
             tokens = tokens[room:]
 
@@ -101,7 +123,7 @@ def _document_batches(documents: Iterable[Document], max_chars: int) -> Iterator
 
 
 def _encode_documents(
-    documents: Iterable[Document], tokenizer: Tokenizer, batch_chars: int
+    documents: Iterable[Document], tokenizer: Tokenizer, batch_chars: int, segmenter: Any = None
 ) -> Iterator[_Piece]:
     """Each document's tokens, preceded by the separator unless it continues the previous one.
 
@@ -111,7 +133,7 @@ def _encode_documents(
     separator = tokenizer.separator_id
     for batch in _document_batches(documents, batch_chars):
         if tokenizer.kind == "wordpiece":
-            yield from _encode_sentences(batch, tokenizer, separator)
+            yield from _encode_sentences(batch, tokenizer, separator, segmenter)
             continue
         texts = [(d.joiner + d.text) if d.continued else d.text for d in batch]
         for doc, ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
@@ -120,18 +142,31 @@ def _encode_documents(
 
 
 def _encode_sentences(
-    batch: list[Document], tokenizer: Tokenizer, separator: int
+    batch: list[Document], tokenizer: Tokenizer, separator: int, segmenter: Any = None
 ) -> Iterator[_Piece]:
+    """Sentence by sentence; with a segmenter (jieba) also each token's word-start flag."""
     sentences = [split_sentences(d.text) for d in batch]
-    encoded = iter(tokenizer.encode_batch([s for doc in sentences for s in doc]))
+    flat = [s for doc in sentences for s in doc]
+    if segmenter is None:
+        encoded = iter((ids, None) for ids in tokenizer.encode_batch(flat))
+    else:
+        encodings = tokenizer.backend.encode_batch(flat, add_special_tokens=False)
+        encoded = iter(
+            (e.ids, word_start_flags(segmenter, text, e.offsets))
+            for text, e in zip(flat, encodings, strict=True)
+        )
     for doc, texts in zip(batch, sentences, strict=True):
-        pieces = [ids for ids in (next(encoded) for _ in texts) if ids]
+        pieces = [pair for pair in (next(encoded) for _ in texts) if pair[0]]
         head = [] if doc.continued else [separator]
-        tokens = np.fromiter(itertools.chain(head, *pieces), dtype=np.int64)
-        lengths = np.array([len(ids) for ids in pieces], dtype=np.int64)
+        tokens = np.fromiter(itertools.chain(head, *(ids for ids, _ in pieces)), dtype=np.int64)
+        lengths = np.array([len(ids) for ids, _ in pieces], dtype=np.int64)
         ends = len(head) + np.cumsum(lengths)
         spans = np.stack([ends - lengths, ends], axis=1)
-        yield _Piece(tokens, spans, doc.continued)
+        starts = None
+        if segmenter is not None:  # the separator starts a word of its own
+            flags = [np.ones(len(head), np.uint8), *(f for _, f in pieces)]
+            starts = np.concatenate(flags).astype(np.uint8)
+        yield _Piece(tokens, spans, doc.continued, starts=starts)
 
 
 def write_shards(
@@ -141,14 +176,21 @@ def write_shards(
     val_fraction: float = 0.1,
     shard_tokens: int = 100_000_000,
     batch_chars: int = 4_000_000,
+    segmenter: str = "none",
 ) -> dict[str, Any]:
     """Encode documents into train/val shards in out_dir (split by document) and write meta.json.
 
     Every round(1/val_fraction)-th document goes to val; with too few documents for that, the last
-    document (or the tail of a lone document) becomes the validation split.
+    document (or the tail of a lone document) becomes the validation split. segmenter "jieba"
+    (wordpiece only) also writes each shard's word-start flags for whole-word masking.
     """
     dtype = token_dtype(tokenizer.vocab_size)
     sentences = tokenizer.kind == "wordpiece"
+    if segmenter not in SEGMENTERS:
+        raise DataError(f"unknown --segmenter {segmenter!r}; use none or jieba")
+    if segmenter != "none" and not sentences:
+        raise DataError("--segmenter marks words for BERT's whole-word masking: use wordpiece")
+    segment = load_jieba() if segmenter == "jieba" else None
     writers = {
         s: _SplitWriter(
             out_dir, s, dtype, shard_tokens, SentenceIndexWriter(out_dir, s) if sentences else None
@@ -157,7 +199,7 @@ def write_shards(
     }
     pending: _Piece | None = None  # held back one step so the last document can go to val
     previous = None  # the split the previous piece went to
-    for index, piece in enumerate(_encode_documents(documents, tokenizer, batch_chars)):
+    for index, piece in enumerate(_encode_documents(documents, tokenizer, batch_chars, segment)):
         if pending is not None:
             writers["train"].write(pending)
         pending = None
@@ -186,6 +228,8 @@ def write_shards(
     }
     if sentences:
         meta["separator_id"] = tokenizer.separator_id
+    if segment is not None:
+        meta["segmenter"] = segmenter
     write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2))
     return meta
 
@@ -252,11 +296,43 @@ class TokenShards:
         return arrays
 
     @property
+    def segmenter(self) -> str:
+        """The word segmenter whose word starts the shards carry ("none" if none)."""
+        return str(self.meta.get("segmenter", "none"))
+
+    def word_starts(self, split: str) -> list[np.ndarray]:
+        """Each shard file's uint8 word-start flags (data prepared with --segmenter)."""
+        if self.segmenter == "none":
+            raise DataError(f"{self.directory} has no word starts; prepare it with --segmenter")
+        flags = []
+        for entry, array in zip(
+            self.meta["splits"][split]["files"], self.arrays[split], strict=True
+        ):
+            path = self.directory / str(entry.get("word_starts", ""))
+            if (
+                not entry.get("word_starts")
+                or not path.is_file()
+                or path.stat().st_size != len(array)
+            ):
+                raise DataError(
+                    f"word-start flags {path} are missing or truncated (expected {len(array)} "
+                    "bytes); prepare the data again"
+                )
+            flags.append(
+                np.memmap(path, dtype=np.uint8, mode="r") if len(array) else np.zeros(0, np.uint8)
+            )
+        return flags
+
+    @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
-    def sentences(self, split: str) -> SentenceCorpus:
-        """The split's sentences and documents (data prepared with a wordpiece tokenizer)."""
+    def sentences(self, split: str, word_starts: bool = False) -> SentenceCorpus:
+        """The split's sentences and documents (data prepared with a wordpiece tokenizer).
+
+        With word_starts, each token comes with its word-start flag packed in (see
+        `lmforge.data.sentences.WORD_START_SHIFT`).
+        """
         entry = self.meta["splits"][split].get("sentences")
         if entry is None:
             raise DataError(
@@ -264,7 +340,11 @@ class TokenShards:
                 f"{self.meta.get('tokenizer_kind')} tokenizer); BERT pretraining needs data "
                 "prepared with --tokenizer wordpiece"
             )
-        return SentenceCorpus.open(self.directory, entry, self.arrays[split])
+        arrays: list[Any] = self.arrays[split]
+        if word_starts:
+            flags = self.word_starts(split)
+            arrays = [FlaggedTokens(a, f) for a, f in zip(arrays, flags, strict=True)]
+        return SentenceCorpus.open(self.directory, entry, arrays)
 
     def num_tokens(self, split: str) -> int:
         return sum(len(a) for a in self.arrays[split])

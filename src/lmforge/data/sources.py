@@ -84,9 +84,12 @@ def step_shapes(cfg: RunConfig) -> tuple[Callable[[int], int], Callable[[int], i
 
 def _mlm_sources(cfg: RunConfig, shards: TokenShards, tokenizer: Tokenizer) -> Sources:
     """BERT batches: NSP pairs (mlm+nsp) or runs of sentences (mlm), freshly masked each step."""
-    vocab = BertVocab.from_tokenizer(tokenizer, whole_word=cfg.data.whole_word_masking)
+    whole_word = cfg.data.whole_word_masking
+    segmented = whole_word and shards.segmenter != "none"  # the segmenter's words, not "##"
+    vocab = BertVocab.from_tokenizer(tokenizer, whole_word=whole_word and not segmented)
+    vocab = replace(vocab, segmented=segmented)
     nsp, batch_size, seed = cfg.train.objective == "mlm+nsp", cfg.train.batch_size, cfg.train.seed
-    corpora = {split: shards.sentences(split) for split in ("train", "val")}
+    corpora = {split: shards.sentences(split, segmented) for split in ("train", "val")}
 
     size_at, length_at = step_shapes(cfg)
 

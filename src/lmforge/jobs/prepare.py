@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.data.corpus import stream_corpus
+from lmforge.data.sentences import load_jieba
 from lmforge.data.shards import replace_directory, write_shards
 from lmforge.errors import DataError
 from lmforge.rundir import layout
@@ -34,12 +35,20 @@ class PrepareOptions:
     text_column: str = "text"  # JSONL field (a.b: nested) or table / dataset column with the text
     normalize: str = "none"  # Unicode normalisation stored in the tokenizer: none, nfc, nfkc
     near_dedup: float = 0.0  # drop near-duplicates at this MinHash similarity (0: off)
+    segmenter: str = "none"  # wordpiece: store jieba word starts for whole-word masking
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
     """Corpus -> cleaned documents -> tokenizer -> train/val token shards in opts.out."""
     if not 0 <= opts.val_fraction < 1:
         raise DataError("--val-fraction must be in [0, 1)")
+    if opts.segmenter != "none":
+        if opts.tokenizer != "wordpiece" and not opts.tokenizer_file:
+            raise DataError(
+                "--segmenter marks words for BERT's whole-word masking: use --tokenizer wordpiece"
+            )
+        if opts.segmenter == "jieba":
+            load_jieba()  # fail before reading the corpus when jieba is missing
     check_output_dir(opts.out, opts.overwrite)
     corpus = lambda: stream_corpus(  # noqa: E731
         opts.inputs,
@@ -81,7 +90,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
     try:
         tokenizer.save(tmp / layout.TOKENIZER_FILE)
         documents, _ = corpus()
-        meta = write_shards(documents, tokenizer, tmp, opts.val_fraction)
+        meta = write_shards(documents, tokenizer, tmp, opts.val_fraction, segmenter=opts.segmenter)
         if report.near_duplicate_examples:  # what near-duplicate removal took, to look at
             sample = "".join(
                 json.dumps(r, ensure_ascii=False) + "\n" for r in report.near_duplicate_examples
