@@ -384,3 +384,15 @@ def test_continued_pieces_rejoin_into_the_cleaned_text(tmp_path: Path, make) -> 
     assert all(p.continued for p in pieces[1:])
     rejoined = pieces[0].text + "".join(p.joiner + p.text for p in pieces[1:])
     assert rejoined == corpus.clean_text(text)
+
+
+def test_fix_text_repairs_mojibake_and_leaves_the_rest_alone(tmp_path: Path) -> None:
+    """UTF-8 read as Latin-1 (café -> cafÃ©) is repaired; curly quotes, full-width
+    forms and ligatures that were right stay as they are."""
+    right = "Un café “bien” servi, ＡＢＣ and the ﬁle, 他说：“很好。”"
+    broken = right.encode("utf-8").decode("latin-1")
+    (tmp_path / "a.txt").write_text(f"{broken}\n\n{right}\n", encoding="utf-8")
+    texts = lambda **kw: [d.text for d in stream_corpus([str(tmp_path / "a.txt")], **kw)[0]]  # noqa: E731
+    assert texts(documents="paragraph") != [right, right]  # the switch does something
+    # repaired, the broken copy is exactly the right one, so exact dedup keeps one of them
+    assert texts(documents="paragraph", fix_text=True) == [right]

@@ -63,6 +63,12 @@ def add_prepare(verbs: argparse._SubParsersAction) -> None:
         "data.whole_word_masking masks whole Chinese words (jieba: pip install 'lmforge[zh]'; "
         "default: none, whole words are WordPiece's ## pieces)",
     )
+    p.add_argument(
+        "--fix-text",
+        action="store_true",
+        help="repair mojibake (text decoded with the wrong codec: cafÃ© -> café) with ftfy "
+        "before cleaning; needs pip install 'lmforge[data]'",
+    )
     p.add_argument("--out", required=True, type=Path, help="data directory to write")
     p.add_argument(
         "--tokenizer",
@@ -116,6 +122,7 @@ def run_prepare(args: argparse.Namespace) -> None:
             text_column=args.text_column,
             normalize=args.normalize,
             near_dedup=args.near_dedup,
+            fix_text=args.fix_text,
             segmenter=args.segmenter,
         )
     )

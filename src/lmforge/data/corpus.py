@@ -5,7 +5,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from lmforge.data.readers import (
     ReadOptions,
     directory_sources,
     is_saved_dataset,
+    optional_module,
     parse_hf,
     read_source,
 )
@@ -137,6 +138,22 @@ def joiner_for(gap: str) -> str:
     return " " if gap else ""
 
 
+def fix_mojibake(documents: Iterable[Document]) -> Iterator[Document]:
+    """Repair text decoded with the wrong codec ("cafÃ©" -> "café", "â€œ" -> "“") with ftfy,
+    changing nothing else: quotes stay curly, full-width forms and ligatures stay (that is
+    --normalize's job), HTML entities stay. Needs the [data] extra."""
+    ftfy = optional_module("ftfy", "--fix-text")
+    config = ftfy.TextFixerConfig(
+        unescape_html=False,
+        uncurl_quotes=False,
+        fix_character_width=False,
+        fix_latin_ligatures=False,
+        normalization=None,
+    )
+    for doc in documents:
+        yield replace(doc, text=ftfy.fix_text(doc.text, config))
+
+
 def clean_documents(
     documents: Iterable[Document], report: CorpusReport, min_chars: int = 16
 ) -> Iterator[Document]:
@@ -227,12 +244,14 @@ def stream_corpus(
     text_column: str = "text",
     chunk_chars: int = CHUNK_CHARS,
     near_dedup: float = 0.0,
+    fix_text: bool = False,
 ) -> tuple[Iterator[Document], CorpusReport]:
     """Resolve inputs now (so a missing path fails early) and return cleaned documents + report.
 
     documents: what one document of a text file is (chunk, paragraph or line); text_column:
     the field of a JSONL record or the column of a table or dataset that holds the text;
-    near_dedup: drop near-duplicates at this estimated Jaccard similarity (0: off).
+    near_dedup: drop near-duplicates at this estimated Jaccard similarity (0: off); fix_text:
+    repair mojibake with ftfy before cleaning.
     """
     if not 0 <= near_dedup <= 1:
         raise DataError("--near-dedup must be a similarity in (0, 1], e.g. 0.8 (0 turns it off)")
@@ -245,7 +264,8 @@ def stream_corpus(
     sources = resolve_inputs(inputs)
     options = ReadOptions(documents, text_column, encoding_errors, chunk_chars)
     report = CorpusReport()
-    cleaned = clean_documents(read_documents(sources, options), report, min_chars)
+    raw = read_documents(sources, options)
+    cleaned = clean_documents(fix_mojibake(raw) if fix_text else raw, report, min_chars)
     if near_dedup > 0:
         cleaned = drop_near_duplicates(cleaned, report, near_dedup)
     return cleaned, report

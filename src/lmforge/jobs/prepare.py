@@ -35,6 +35,7 @@ class PrepareOptions:
     text_column: str = "text"  # JSONL field (a.b: nested) or table / dataset column with the text
     normalize: str = "none"  # Unicode normalisation stored in the tokenizer: none, nfc, nfkc
     near_dedup: float = 0.0  # drop near-duplicates at this MinHash similarity (0: off)
+    fix_text: bool = False  # repair mojibake with ftfy before cleaning
     segmenter: str = "none"  # wordpiece: store jieba word starts for whole-word masking
 
 
@@ -57,6 +58,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         documents=opts.documents,
         text_column=opts.text_column,
         near_dedup=opts.near_dedup,
+        fix_text=opts.fix_text,
     )
     documents, report = corpus()
     texts = (d.text for d in documents)
