@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data import readers
+from lmforge.data import text_stream
 from lmforge.data.corpus import clean_text, resolve_inputs, stream_corpus
-from lmforge.data.readers import CHUNK_CHARS, ReadOptions, read_source, split_text
+from lmforge.data.readers import ReadOptions, read_source
+from lmforge.data.text_stream import CHUNK_CHARS, split_text
 from lmforge.errors import DataError
 
 WORDS = ["the", "a", "river", "stone", "quiet", "morning", "lamp", "over", "under", "bright"]
@@ -645,4 +646,4 @@ def test_cli_documents_paragraph(tmp_path: Path) -> None:
 def test_unknown_documents_mode_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="--documents must be one of chunk, paragraph, line"):
         stream_corpus([str(_write(tmp_path / "a.txt", "text"))], documents="sentence")
-    assert readers.DOCUMENT_MODES == ("chunk", "paragraph", "line")
+    assert text_stream.DOCUMENT_MODES == ("chunk", "paragraph", "line")

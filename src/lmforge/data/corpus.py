@@ -12,18 +12,16 @@ from typing import Any
 from lmforge.data.builtin import BUILTIN_PYTHON_DOCS
 from lmforge.data.near_dedup import NearDuplicateIndex
 from lmforge.data.readers import (
-    CHUNK_CHARS,
-    DOCUMENT_MODES,
     FORMATS,
     HF_PREFIX,
     Document,
     ReadOptions,
     directory_sources,
     is_saved_dataset,
-    optional_module,
     parse_hf,
     read_source,
 )
+from lmforge.data.text_stream import CHUNK_CHARS, DOCUMENT_MODES, optional_module
 from lmforge.errors import DataError
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
