@@ -70,13 +70,7 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
         help="end a text where this string appears, leaving it out (repeatable); "
         "\\n is a newline and \\t a tab, e.g. --stop '\\n\\n'",
     )
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="float32",
-        help="compute dtype of the model's weights (default float32); auto: bf16 where this "
-        "CPU decodes faster in it (measured once, cached in ~/.cache/lmforge)",
-    )
+    add_dtype_flag(p)
 
 
 def unescape(text: str) -> str:
@@ -154,3 +148,14 @@ def run_generate(args: argparse.Namespace) -> None:
         sys.stdout.write("\n")
         if i + 1 < args.num_samples:
             sys.stdout.write("\n")
+
+
+def add_dtype_flag(p: argparse.ArgumentParser) -> None:
+    """--dtype of every command that loads a run to generate (generate, chat, serve)."""
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute dtype of the model's weights (default float32); auto: bf16 where this "
+        "CPU decodes faster in it (measured once, cached in ~/.cache/lmforge)",
+    )

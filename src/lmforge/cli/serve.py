@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from lmforge.cli.generate import add_dtype_flag
+
 EXAMPLES = """examples:
   lmforge serve runs/smol --port 8000
   then any OpenAI client: base_url="http://127.0.0.1:8000/v1" (api_key: anything, or --api-key)
@@ -29,13 +31,7 @@ def add_serve(verbs: argparse._SubParsersAction) -> None:
         "--queue-size", type=int, default=64, help="requests that may wait; more get 429"
     )
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="float32",
-        help="compute dtype of the model's weights (default float32); auto: bf16 where this "
-        "CPU decodes faster in it (measured once, cached in ~/.cache/lmforge)",
-    )
+    add_dtype_flag(p)
 
 
 def run_serve(args: argparse.Namespace) -> None:
