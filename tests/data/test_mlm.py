@@ -11,7 +11,8 @@ from lmforge.data.mlm import (
     mlm_batch,
     word_starts,
 )
-from lmforge.data.sentences import SentenceCorpus, nsp_examples, split_sentences
+from lmforge.data.sentence_split import split_sentences
+from lmforge.data.sentences import SentenceCorpus, nsp_examples
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer
 

@@ -12,14 +12,8 @@ import torch
 
 from lmforge.data.corpus import Document
 from lmforge.data.mlm import BertVocab, continuation_table, mlm_batch, word_starts
-from lmforge.data.sentences import (
-    HAN,
-    WORD_START_SHIFT,
-    load_jieba,
-    nsp_examples,
-    unpack_word_starts,
-    word_start_flags,
-)
+from lmforge.data.sentence_split import HAN, load_jieba, word_start_flags
+from lmforge.data.sentences import WORD_START_SHIFT, nsp_examples, unpack_word_starts
 from lmforge.data.shards import TokenShards, write_shards
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer

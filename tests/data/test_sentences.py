@@ -9,12 +9,12 @@ import torch
 
 from lmforge.data import corpus
 from lmforge.data.corpus import Document, stream_corpus
+from lmforge.data.sentence_split import split_sentences
 from lmforge.data.sentences import (
     IS_NEXT,
     NOT_NEXT,
     SentenceCorpus,
     nsp_examples,
-    split_sentences,
     truncated_lengths,
 )
 from lmforge.data.shards import TokenShards, write_shards

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data.sentences import HAN, split_sentences
+from lmforge.data.sentence_split import HAN, split_sentences
 from lmforge.data.shards import TokenShards
 from lmforge.tokenizer import Tokenizer
 

@@ -85,6 +85,20 @@ def add_prepare(verbs: argparse._SubParsersAction) -> None:
         help="wordpiece: lowercase and strip accents, as uncased BERT (default: on)",
     )
     p.add_argument(
+        "--tokenizer-sample-mb",
+        type=float,
+        default=16.0,
+        metavar="MB",
+        help="bpe/wordpiece: train the tokenizer on a uniform random sample of the documents "
+        "this big (default 16; 0: all the text); the shards always hold every document",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that encode the shards (default 0: one per core)",
+    )
+    p.add_argument(
         "--tokenizer-file",
         type=Path,
         help="reuse an existing tokenizer.json instead of training one",
@@ -124,6 +138,8 @@ def run_prepare(args: argparse.Namespace) -> None:
             near_dedup=args.near_dedup,
             fix_text=args.fix_text,
             segmenter=args.segmenter,
+            tokenizer_sample_mb=args.tokenizer_sample_mb,
+            workers=args.workers,
         )
     )
     splits = meta["splits"]

@@ -1,4 +1,5 @@
-"""Token shards: documents encoded in parallel into uint16/uint32 `.bin` memmaps + `meta.json`.
+"""Token shards: documents encoded in parallel (`lmforge.data.token_encoding`) into
+uint16/uint32 `.bin` memmaps + `meta.json`.
 
 With a wordpiece tokenizer each split also gets a sentence index (see `lmforge.data.sentences`)
 for BERT's next-sentence prediction; bpe and char shards are written exactly as before. With a
@@ -7,7 +8,6 @@ segmenter (`prepare --segmenter jieba`) each shard `{split}_NNN.bin` also gets a
 begins a segmented word, for whole-word masking of Chinese.
 """
 
-import itertools
 import json
 import shutil
 from collections.abc import Iterable, Iterator
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from lmforge.data.corpus import Document
-from lmforge.data.sentences import (
-    SEGMENTERS,
-    FlaggedTokens,
-    SentenceCorpus,
-    SentenceIndexWriter,
-    load_jieba,
-    split_sentences,
-    word_start_flags,
+from lmforge.data.sentence_split import SEGMENTERS, load_jieba
+from lmforge.data.sentences import FlaggedTokens, SentenceCorpus, SentenceIndexWriter
+from lmforge.data.token_encoding import (
+    DocumentText,
+    EncodeSpec,
+    default_workers,
+    document_batches,
+    encode_batches,
 )
 from lmforge.errors import DataError
 from lmforge.rundir.files import write_text_atomic
@@ -46,7 +46,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class _Piece:
     """One encoded document (or chunk of one) on its way into a split."""
 
-    tokens: np.ndarray  # int64, the separator first unless the chunk continues a document
+    tokens: np.ndarray  # uint32, the separator first unless the chunk continues a document
     spans: np.ndarray | None  # (n, 2) sentence [start, end) offsets into tokens (wordpiece)
     continued: bool = False
     new_document: bool = True  # starts a document in the sentence index of its split
@@ -109,64 +109,29 @@ class _SplitWriter:
         return summary
 
 
-def _document_batches(documents: Iterable[Document], max_chars: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    size = 0
-    for doc in documents:
-        batch.append(doc)
-        size += len(doc.text)
-        if size >= max_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
 def _encode_documents(
-    documents: Iterable[Document], tokenizer: Tokenizer, batch_chars: int, segmenter: Any = None
+    documents: Iterable[Document],
+    tokenizer: Tokenizer,
+    batch_chars: int,
+    segmenter: str,
+    workers: int,
 ) -> Iterator[_Piece]:
     """Each document's tokens, preceded by the separator unless it continues the previous one.
 
     The separator is <|endoftext|> (bpe, char) or [SEP] (wordpiece). A wordpiece tokenizer
-    encodes the text sentence by sentence and records where each sentence lies.
+    encodes the text sentence by sentence and records where each sentence lies. Batches of
+    batch_chars characters are encoded by `workers` processes (see `token_encoding`).
     """
-    separator = tokenizer.separator_id
-    for batch in _document_batches(documents, batch_chars):
-        if tokenizer.kind == "wordpiece":
-            yield from _encode_sentences(batch, tokenizer, separator, segmenter)
-            continue
-        texts = [(d.joiner + d.text) if d.continued else d.text for d in batch]
-        for doc, ids in zip(batch, tokenizer.encode_batch(texts), strict=True):
-            tokens = np.asarray(ids if doc.continued else [separator, *ids], dtype=np.int64)
-            yield _Piece(tokens, None, doc.continued)
-
-
-def _encode_sentences(
-    batch: list[Document], tokenizer: Tokenizer, separator: int, segmenter: Any = None
-) -> Iterator[_Piece]:
-    """Sentence by sentence; with a segmenter (jieba) also each token's word-start flag."""
-    sentences = [split_sentences(d.text) for d in batch]
-    flat = [s for doc in sentences for s in doc]
-    if segmenter is None:
-        encoded = iter((ids, None) for ids in tokenizer.encode_batch(flat))
-    else:
-        encodings = tokenizer.backend.encode_batch(flat, add_special_tokens=False)
-        encoded = iter(
-            (e.ids, word_start_flags(segmenter, text, e.offsets))
-            for text, e in zip(flat, encodings, strict=True)
-        )
-    for doc, texts in zip(batch, sentences, strict=True):
-        pieces = [pair for pair in (next(encoded) for _ in texts) if pair[0]]
-        head = [] if doc.continued else [separator]
-        tokens = np.fromiter(itertools.chain(head, *(ids for ids, _ in pieces)), dtype=np.int64)
-        lengths = np.array([len(ids) for ids, _ in pieces], dtype=np.int64)
-        ends = len(head) + np.cumsum(lengths)
-        spans = np.stack([ends - lengths, ends], axis=1)
-        starts = None
-        if segmenter is not None:  # the separator starts a word of its own
-            flags = [np.ones(len(head), np.uint8), *(f for _, f in pieces)]
-            starts = np.concatenate(flags).astype(np.uint8)
-        yield _Piece(tokens, spans, doc.continued, starts=starts)
+    spec = EncodeSpec(
+        tokenizer.backend.to_str(),
+        sentences=tokenizer.kind == "wordpiece",
+        separator=tokenizer.separator_id,
+        segmenter=segmenter,
+    )
+    texts = (DocumentText(d.text, d.continued, d.joiner) for d in documents)
+    for batch in encode_batches(spec, document_batches(texts, batch_chars), workers):
+        for encoded in batch:
+            yield _Piece(encoded.tokens, encoded.spans, encoded.continued, starts=encoded.starts)
 
 
 def write_shards(
@@ -177,6 +142,7 @@ def write_shards(
     shard_tokens: int = 100_000_000,
     batch_chars: int = 4_000_000,
     segmenter: str = "none",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Encode documents into train/val shards in out_dir (split by document) and write meta.json.
 
@@ -190,7 +156,8 @@ def write_shards(
         raise DataError(f"unknown --segmenter {segmenter!r}; use none or jieba")
     if segmenter != "none" and not sentences:
         raise DataError("--segmenter marks words for BERT's whole-word masking: use wordpiece")
-    segment = load_jieba() if segmenter == "jieba" else None
+    if segmenter == "jieba":
+        load_jieba()  # fail here, not in a worker, when jieba is missing
     writers = {
         s: _SplitWriter(
             out_dir, s, dtype, shard_tokens, SentenceIndexWriter(out_dir, s) if sentences else None
@@ -199,7 +166,10 @@ def write_shards(
     }
     pending: _Piece | None = None  # held back one step so the last document can go to val
     previous = None  # the split the previous piece went to
-    for index, piece in enumerate(_encode_documents(documents, tokenizer, batch_chars, segment)):
+    pieces = _encode_documents(
+        documents, tokenizer, batch_chars, segmenter, workers or default_workers()
+    )
+    for index, piece in enumerate(pieces):
         if pending is not None:
             writers["train"].write(pending)
         pending = None
@@ -228,7 +198,7 @@ def write_shards(
     }
     if sentences:
         meta["separator_id"] = tokenizer.separator_id
-    if segment is not None:
+    if segmenter != "none":
         meta["segmenter"] = segmenter
     write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2))
     return meta

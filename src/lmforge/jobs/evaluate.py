@@ -16,7 +16,7 @@ from lmforge.data.classify import (
     encode_examples,
     read_examples,
 )
-from lmforge.data.sentences import HAN, HANGUL, KANA
+from lmforge.data.sentence_split import HAN, HANGUL, KANA
 from lmforge.data.sft import (
     Pair,
     read_pairs,
