@@ -142,3 +142,47 @@ def test_tiny_bert_fine_tune_learns_a_separable_task() -> None:
     with torch.no_grad():
         accuracy = (model(test_ids, None, test_mask).argmax(1) == test_labels).float().mean()
     assert accuracy >= 0.95
+
+
+@pytest.mark.parametrize("body", [_gpt, _bert])
+def test_mean_pooling_averages_the_real_tokens_only(body) -> None:
+    model = SequenceClassifier(body(), n_classes=3, dropout=0.0, pooling="mean").eval()
+    ids, mask = _right_pad(ROWS, 10)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+        for i, row in enumerate(ROWS):
+            alone = torch.tensor([row])
+            hidden = model.body.encode(alone)  # (1, len, C), no padding at all
+            want = model.classifier(hidden[0].mean(0))
+            torch.testing.assert_close(logits[i], want, atol=1e-5, rtol=1e-5)
+        other_pad = ids.masked_fill(~mask, 77)
+        torch.testing.assert_close(model(other_pad, attention_mask=mask), logits)
+
+
+def test_pooling_choices_read_different_vectors_and_cls_needs_a_bert() -> None:
+    ids, mask = _right_pad(ROWS, 10)
+    outputs = {}
+    for pooling in ("auto", "cls", "mean", "last"):
+        model = SequenceClassifier(_bert(), n_classes=3, dropout=0.0, pooling=pooling).eval()
+        with torch.no_grad():
+            outputs[pooling] = model.summary(ids, attention_mask=mask)
+    torch.testing.assert_close(outputs["auto"], outputs["cls"])
+    for a, b in (("cls", "mean"), ("cls", "last"), ("mean", "last")):
+        assert not torch.allclose(outputs[a], outputs[b]), (a, b)
+    body = _bert()
+    with torch.no_grad():  # last: the final state of the last real token ([SEP] in BERT data)
+        hidden = body.encode(ids, attention_mask=mask)
+    for i, row in enumerate(ROWS):
+        torch.testing.assert_close(outputs["last"][i], hidden[i, len(row) - 1])
+    with pytest.raises(LMForgeError, match="pooling=cls needs a BERT"):
+        SequenceClassifier(_gpt(), n_classes=2, pooling="cls")(ids, attention_mask=mask)
+    with pytest.raises(LMForgeError, match="unknown pooling"):
+        SequenceClassifier(_gpt(), n_classes=2, pooling="max")(ids, attention_mask=mask)
+
+
+def test_finetune_pooling_is_validated_in_the_config() -> None:
+    from lmforge.config import FinetuneConfig
+
+    assert FinetuneConfig(pooling="mean").pooling == "mean"
+    with pytest.raises(LMForgeError, match=r"finetune\.pooling"):
+        FinetuneConfig(pooling="max")

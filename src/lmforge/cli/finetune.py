@@ -46,6 +46,13 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
         choices=["none", "balanced"],
         help="balanced weighs each class's loss by n / (classes · count): for imbalanced data",
     )
+    classify.add_argument(
+        "--pretrain-steps",
+        type=int,
+        metavar="N",
+        help="first continue the base's MLM (BERT) or CLM (GPT) for N steps on the --train "
+        "texts (domain-adaptive pretraining, in RUN/domain_adapt; default 0: off)",
+    )
     lm = tasks.add_parser("lm", help="continued pretraining on prepared text")
     lm.add_argument("--data", type=Path, help="data directory (lmforge prepare)")
     sft = tasks.add_parser("sft", help="prompt -> completion pairs from JSONL")
@@ -217,6 +224,7 @@ def _classify_flags(args: argparse.Namespace) -> dict[str, Any]:
         "text_pair_column": args.text_pair_column,
         "label_column": args.label_column,
         "class_weights": args.class_weights,
+        "pretrain_steps": args.pretrain_steps,
     }
     return {key: value for key, value in flags.items() if value is not None}
 

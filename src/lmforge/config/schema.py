@@ -383,6 +383,18 @@ class FinetuneConfig:
         "none", "none, or balanced: weight each class's loss by n / (classes · count of class)"
     )
     dropout: float = param(0.1, "dropout before the classifier layer")
+    pretrain_steps: int = param(
+        0,
+        "classify: first continue the base's own objective (MLM for a BERT, CLM for a GPT) on "
+        "the training texts for this many steps (domain-adaptive pretraining; 0: off)",
+    )
+    pretrain_lr: float = param(1e-4, "classify: peak learning rate of those pretrain_steps")
+    pooling: str = param(
+        "auto",
+        "classify/multitask: the sequence vector the classifier reads: cls (a BERT's pooled "
+        "[CLS]), mean (of the real tokens' final states), last (the last real token's); auto: "
+        "cls for a BERT, last for a GPT",
+    )
     freeze_layers: int = param(0, "finetune lm/sft: keep the first N blocks frozen")
     freeze_embeddings: bool = param(False, "finetune lm/sft: keep the embeddings frozen")
     pack: bool = param(
@@ -408,6 +420,12 @@ class FinetuneConfig:
             f"finetune.class_weights: unknown value {self.class_weights!r}; use none or balanced",
         )
         _require(0 <= self.dropout < 1, "finetune.dropout must be in [0, 1)")
+        _require(self.pretrain_steps >= 0, "finetune.pretrain_steps must be >= 0")
+        _require(self.pretrain_lr > 0, "finetune.pretrain_lr must be > 0")
+        _require(
+            self.pooling in ("auto", "cls", "mean", "last"),
+            f"finetune.pooling: unknown value {self.pooling!r}; use auto, cls, mean or last",
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -34,6 +34,7 @@ from lmforge.data.classify import (
     balanced_class_weights,
     load_data,
     load_task,
+    read_examples,
     read_task_spec,
     save_label_map,
 )
@@ -51,10 +52,12 @@ from lmforge.evaluate import (
     format_classification_report,
     format_confusion_matrix,
 )
+from lmforge.jobs.domain_adapt import adapted_base, with_adapted_base
 from lmforge.jobs.evaluate import score_generation
 from lmforge.jobs.session import TrainingPlan, newest_checkpoint, train
 from lmforge.model.lora import add_lora, lora_layers, trainable_share
 from lmforge.plots import plot_confusion_matrix
+from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.adapters import adapter_record, is_adapter_run, write_adapter_config
 from lmforge.rundir.files import check_output_dir, write_text_atomic
@@ -147,11 +150,21 @@ def finetune_classify(
     cfg: RunConfig, out: Path, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Fine-tune cfg.finetune.base as a sequence classifier into run directory `out`."""
-    resume_from = _start(out, overwrite, resume)
     tokenizer = _base_tokenizer(cfg)
     data = load_data(cfg, tokenizer)
     if not resume:
         cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)
+    resume_from = _start_classify(cfg, out, overwrite, resume)
+    build_cfg = cfg
+    if cfg.finetune.pretrain_steps:
+        if not resume:  # --resume finds the run while its base is still adapting
+            ckpt.write_run_files(out, cfg, tokenizer)
+        examples = read_examples(
+            cfg.finetune.train_file,
+            cfg.finetune.text_column,
+            pair_column=cfg.finetune.text_pair_column or None,
+        )
+        build_cfg = with_adapted_base(cfg, adapted_base(cfg, out, examples, tokenizer, base_model))
     weights = None
     if cfg.finetune.class_weights == "balanced":
         weights = balanced_class_weights(data.train.labels or [], len(data.labels))
@@ -162,7 +175,9 @@ def finetune_classify(
         objective=(loss, ClassifierEval(data.labels)),
         sources=lambda world: classification_sources(world, data),
         tokenizer=tokenizer,
-        build=lambda: _log_trainable(classifier_model(cfg, len(data.labels), base_weights=True)),
+        build=lambda: _log_trainable(
+            classifier_model(build_cfg, len(data.labels), base_weights=True)
+        ),
         run_files=lambda run_dir: save_label_map(data.labels, run_dir / layout.LABELS_FILE),
     )
     summary = train(cfg, out, resume_from, plan)
@@ -170,6 +185,15 @@ def finetune_classify(
         return summary
     best = _keep_best(out, summary, data.labels)
     return _classify_summary(cfg, out, data, summary, best)
+
+
+def _start_classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> Path | None:
+    """As _start; a run resumed while (or right after) adapting its base has no classifier
+    checkpoint yet, and its classifier starts afresh."""
+    if resume and cfg.finetune.pretrain_steps:
+        checkpoints = ckpt.list_checkpoints(out)
+        return checkpoints[-1] if checkpoints else None
+    return _start(out, overwrite, resume)
 
 
 def _keep_best(run_dir: Path, summary: dict[str, Any], labels: list[str]) -> dict[str, Any]:

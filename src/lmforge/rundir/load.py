@@ -120,7 +120,7 @@ def classifier_model(cfg: RunConfig, n_classes: int, base_weights: bool) -> Sequ
     body = build_model(cfg)
     if base_weights:
         load_base_weights(body, Path(cfg.finetune.base))
-    model = SequenceClassifier(body, n_classes, cfg.finetune.dropout)
+    model = SequenceClassifier(body, n_classes, cfg.finetune.dropout, cfg.finetune.pooling)
     return with_adapters(cfg, model, ("classifier",))
 
 
@@ -131,7 +131,7 @@ def multitask_model(
     body = build_model(cfg)
     if base_weights:
         load_base_weights(body, Path(cfg.finetune.base))
-    model = MultiTaskClassifier(body, classes, cfg.finetune.dropout)
+    model = MultiTaskClassifier(body, classes, cfg.finetune.dropout, cfg.finetune.pooling)
     return with_adapters(cfg, model, ("heads*",))
 
 
