@@ -36,17 +36,26 @@ def packing_available() -> bool:
     return True
 
 
+def bf16_packing_available() -> bool:
+    """Whether oneDNN can pack bf16 weights on this CPU: it needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT; an AVX2-only CPU refuses the reorder."""
+    try:
+        return packing_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _packable(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return (
         (isinstance(module, nn.Linear) or getattr(module, "packable", False))
         and weight is not None
         and weight.device.type == "cpu"
-        and weight.dtype in PACKED_DTYPES
+        and (
+            weight.dtype == torch.float32
+            or (weight.dtype == torch.bfloat16 and bf16_packing_available())
+        )
     )
-
-
-PACKED_DTYPES = (torch.float32, torch.bfloat16)  # bf16: oneDNN's AMX/avx512_bf16 kernels
 PACK_ALWAYS = 384 * 1024  # weight elements: from here packing wins even for one row
 PACK_WORK = 1 << 21  # rows x weight elements: from here it wins for any matrix
 
@@ -167,7 +176,8 @@ def decode_seconds(shape: tuple[int, int], dtype: torch.dtype, repeats: int = 10
     oneDNN's packed weight where this build has it: the best of `repeats` after a warm-up."""
     weight = torch.randn(*shape, dtype=dtype)
     x = torch.randn(1, shape[1], dtype=dtype)
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, None) if packing_available() else None
+    can_pack = bf16_packing_available() if dtype == torch.bfloat16 else packing_available()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, None) if can_pack else None
     best = float("inf")
     for attempt in range(repeats + 1):
         start = time.perf_counter()
