@@ -72,3 +72,27 @@ def test_bf16_autocast_training_keeps_fp32_weights(prepared_dir: Path, tmp_path:
     assert summary["steps"] == 2
     weights = load_file(str(tmp_path / "run" / layout.MODEL_FILE))
     assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+@pytest.mark.parametrize(("lone_bf16", "timed"), [(0.01, False), (0.9, True)])
+def test_the_model_is_timed_only_where_bf16_products_are_not_hopeless(
+    monkeypatch: pytest.MonkeyPatch, lone_bf16: float, timed: bool
+) -> None:
+    """On an AVX2 CPU a bf16 training pass of the model takes minutes to time and cannot win:
+    a lone product's speed rules it out first."""
+    from lmforge.jobs import session
+    from lmforge.train import runtime
+
+    monkeypatch.setattr(
+        runtime, "precision_speeds", lambda w: {"float32": 1.0, "bfloat16": lone_bf16}
+    )
+    models = []
+    monkeypatch.setattr(
+        runtime,
+        "model_speeds",
+        lambda model, rows, length: models.append(rows) or {"float32": 1.0, "bfloat16": 2.0},
+    )
+    cfg = load_config(None, ["train.dtype=auto", "model.vocab_size=64"])
+    resolved = resolve_precision(cfg, CPU, DistContext(), session._model_calibration(cfg))
+    assert bool(models) == timed
+    assert resolved.train.dtype == ("bfloat16" if timed else "float32")

@@ -139,14 +139,13 @@ def resolve_precision(
     it, even on another CPU."""
     if cfg.train.dtype == "auto":
         measure = measure or _model_calibration(cfg)
-        unit = "GFLOP/s of a product" if measure is None else "tokens/s of a training pass"
         choice, speeds = (
             choose_precision(device, cfg.model.n_embd, measure) if ctx.is_main else ("", {})
         )
         choice = broadcast_choice(choice, ctx)
         if ctx.is_main:
-            figures = ", ".join(f"{k} {v:,.0f} {unit}" for k, v in speeds.items())
-            log.info("train.dtype=auto: %s (%s)", choice, figures or device.type)
+            ratio = f"bf16 at {speeds['bfloat16'] / speeds['float32']:.2f}x fp32" if speeds else ""
+            log.info("train.dtype=auto: %s (%s)", choice, ratio or device.type)
         cfg = replace(cfg, train=replace(cfg.train, dtype=choice))
     if cfg.train.optimizer == "muon" and cfg.train.muon_dtype == "auto":
         choice, seconds = (
@@ -160,14 +159,23 @@ def resolve_precision(
     return cfg
 
 
+BF16_HOPELESS = 0.5  # a lone bf16 product below half fp32's speed: the model is not timed
+
+
 def _model_calibration(cfg: RunConfig) -> Callable[[int], dict[str, float]] | None:
     """Time the run's own model (a throwaway copy, built without touching the seeded RNG) on
-    up to 4,096 tokens, in tokens/s; None (a lone product instead) before the vocabulary is
-    known."""
+    up to 4,096 tokens, in tokens/s, unless a lone bf16 product already runs below
+    BF16_HOPELESS of fp32 (then those product speeds decide, in a fraction of a second); None (a
+    lone product instead) before the vocabulary is known."""
     if cfg.model.vocab_size == 0:
         return None
 
     def measure(width: int) -> dict[str, float]:
+        lone = runtime.precision_speeds(width)
+        if lone["bfloat16"] < BF16_HOPELESS * lone["float32"]:
+            # bf16 emulated (AVX2): even a lone product is far slower, so the model's own pass
+            # cannot win, and timing it in bf16 would take minutes
+            return lone
         with torch.random.fork_rng():
             model = build_model(cfg)
         length = cfg.model.block_size
