@@ -21,19 +21,8 @@ from lmforge.rundir import layout
 from lmforge.rundir.load import read_run_config
 from lmforge.tokenizer import Tokenizer
 
-SMALL = [
-    "model.n_layer=2",
-    "model.n_head=2",
-    "model.n_embd=32",
-    "model.block_size=32",
-    "train.batch_size=8",
-    "train.max_steps=4",
-    "train.eval_interval=4",
-    "train.eval_batches=2",
-    "train.checkpoint_interval=4",
-    "train.warmup_steps=1",
-    "train.progress=false",
-]
+from .test_sessions import BASE_SETS  # the same tiny base shape
+
 CLASSIFY = ["train.progress=false", "train.batch_size=8", "finetune.epochs=2"]
 GOOD, BAD = ["sunny", "bright", "warm"], ["rainy", "grey", "cold"]
 
@@ -65,7 +54,7 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 documents="paragraph",
             )
         )
-        sets = [*SMALL, f"data.dir={data}"]
+        sets = [*BASE_SETS, f"data.dir={data}"]
         if arch == "bert":
             sets += ["model.arch=bert", "train.objective=mlm+nsp"]
         paths[arch] = root / f"base-{arch}"
