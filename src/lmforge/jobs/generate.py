@@ -34,7 +34,21 @@ def load_for_generation(
     _, model, tokenizer = load_run(run_dir, which)
     if dtype == "auto":
         dtype = inference_dtype(model)
-    return model.to(DTYPES[dtype]), tokenizer
+    return cast_floating(model, DTYPES[dtype]), tokenizer
+
+
+def cast_floating(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The model with its floating-point parameters and buffers in dtype. Complex buffers (the
+    RoPE rotations) stay complex: `Module.to(dtype)` would cast them to real, dropping the sine
+    half of every rotation. Tied weights stay one tensor."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and buffer.dtype != dtype:
+                setattr(module, name, buffer.to(dtype))
+    return model
 
 
 def _largest_linear_shape(model: torch.nn.Module) -> tuple[int, int]:
