@@ -264,3 +264,32 @@ CLEAN_PIECES = [
 @given(st.lists(st.sampled_from(CLEAN_PIECES), max_size=30).map("".join))
 def test_clean_text_equals_the_plain_rewrites(text: str) -> None:
     assert clean_text(text) == _reference_clean(text)
+
+
+def test_workers_flag_reaches_the_encoder_and_starts_a_pool(
+    tmp_path: Path, tokenizers_by_kind, monkeypatch
+) -> None:
+    from lmforge.data import token_encoding
+    from lmforge.jobs import prepare as prepare_job
+
+    started = []
+    real_pool = token_encoding.ProcessPoolExecutor
+
+    def recording_pool(workers, **kwargs):
+        started.append(workers)
+        return real_pool(workers, **kwargs)
+
+    monkeypatch.setattr(token_encoding, "ProcessPoolExecutor", recording_pool)
+    docs = [Document(f"text number {i} " * 30, f"d{i}") for i in range(40)]
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        write_shards(docs, tokenizers_by_kind["bpe"], out, batch_chars=500, workers=workers)
+    assert started == [2]  # one worker: encoded here; two: a pool of two
+    seen = []
+    monkeypatch.setattr(
+        prepare_job, "write_shards", lambda *a, **k: seen.append(k["workers"]) or {}
+    )
+    (tmp_path / "c.txt").write_text("some words here for a corpus\n" * 20)
+    prepare(PrepareOptions(inputs=[str(tmp_path / "c.txt")], out=tmp_path / "o", workers=3))
+    assert seen == [3]

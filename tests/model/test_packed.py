@@ -183,3 +183,16 @@ def test_packed_copies_are_reused_until_the_weights_change(monkeypatch) -> None:
     assert not torch.allclose(first, changed)
     packed_module.release_packed(model)
     assert not any(hasattr(m, packed_module.PACKED_ATTRIBUTE) for m in model.modules())
+
+
+@needs_onednn
+@pytest.mark.usefixtures("always_pack")
+def test_bf16_weights_are_packed_only_where_the_cpu_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AVX2-only CPU refuses oneDNN's bf16 reorder: bf16 linears stay unpacked there."""
+    model = _gpt().to(torch.bfloat16)
+    monkeypatch.setattr(packed_module, "bf16_packing_available", lambda: False)
+    with packed_linears(model) as count:
+        assert count == 0
+    fp32 = _gpt()
+    with packed_linears(fp32) as count:
+        assert count > 0  # fp32 packing does not depend on it

@@ -84,6 +84,7 @@ def test_adaptation_trains_the_base_objective_on_the_training_texts_only(
     cfg = read_run_config(adapted)
     assert cfg.train.objective == objective
     assert cfg.train.max_steps == 3
+    assert cfg.train.lr == 1e-4  # finetune.pretrain_lr's default, not the classifier's lr
     assert (adapted / DONE_FILE).is_file()
     shards = TokenShards(adapted / DATA_DIR)
     tokenizer = Tokenizer.load(adapted / DATA_DIR / layout.TOKENIZER_FILE)
