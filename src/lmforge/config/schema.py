@@ -45,6 +45,7 @@ def _require(ok: bool, message: str) -> None:
 
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "swiglu", "relu2")
+POSITION_ENCODINGS = ("learned", "rope", "sincos")
 ROPE_SCALING_KEYS = {  # rope_type -> the keys it needs
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
@@ -105,7 +106,11 @@ class ModelConfig:
     n_embd: int = param(384, "width of the residual stream; must be divisible by n_head")
     dropout: float = param(0.0, "dropout probability on attention, residual and embeddings")
     bias: bool = param(True, "use biases in Linear and LayerNorm layers")
-    pos_emb: str = param("learned", "position encoding: learned (GPT-2) or rope (rotary)")
+    pos_emb: str = param(
+        "learned",
+        "position encoding: learned (GPT-2), rope (rotary) or sincos (the original "
+        "Transformer's fixed sinusoids)",
+    )
     rope_theta: float = param(10000.0, "RoPE base frequency")
     tie_weights: bool = param(True, "share the token embedding with the output head")
     activation: str = param(
@@ -161,7 +166,14 @@ class ModelConfig:
             f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})",
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _require(self.pos_emb in ("learned", "rope"), "model.pos_emb must be 'learned' or 'rope'")
+        _require(
+            self.pos_emb in POSITION_ENCODINGS,
+            f"model.pos_emb must be one of {', '.join(POSITION_ENCODINGS)}",
+        )
+        _require(
+            self.pos_emb != "sincos" or self.n_embd % 2 == 0,
+            f"model.pos_emb=sincos needs an even model.n_embd (sin/cos pairs), got {self.n_embd}",
+        )
         _require(
             self.pos_emb != "rope" or self.head_dim % 2 == 0,
             f"model.pos_emb=rope needs an even head size, got n_embd/n_head = {self.head_dim}",

@@ -209,6 +209,11 @@ def export_model_type(cfg: ModelConfig) -> str:
                 f"n_embd {cfg.n_embd}): BertModel needs n_head * head size == n_embd"
             )
         return "bert"
+    if cfg.pos_emb == "sincos":
+        raise CheckpointError(
+            "cannot export model.pos_emb=sincos: no transformers decoder adds fixed sinusoidal "
+            "positions; train with model.pos_emb=learned (GPT-2) or rope (GPT-NeoX, Llama)"
+        )
     llama_like = (cfg.norm, cfg.activation, cfg.pos_emb) == ("rmsnorm", "swiglu", "rope")
     if cfg.norm == "rmsnorm" or cfg.activation in ("swiglu", "relu2") or cfg.qk_norm:
         if not llama_like:

@@ -17,6 +17,7 @@ from lmforge.model.layers import (
     rope_cache,
     rope_table,
     run_block,
+    sinusoidal_positions,
 )
 
 
@@ -57,6 +58,12 @@ def packed_positions_and_mask(segments: torch.Tensor) -> tuple[torch.Tensor, tor
     return index - first, mask[:, None]
 
 
+def embed_with_sinusoids(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x = √C · E[token] + PE[position], as the original Transformer adds them (§3.4: the
+    embedding is scaled by √d_model so the fixed ±1 sinusoids do not drown it)."""
+    return tokens * tokens.shape[-1] ** 0.5 + positions.to(tokens.dtype)
+
+
 class GPT(nn.Module):
     """Token (+ position) embedding -> Block × n_layer -> ln_f -> lm_head; returns logits."""
 
@@ -80,6 +87,9 @@ class GPT(nn.Module):
             rotations = rope_cache(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
             table = rope_table(rotations, cfg.n_head, cfg.kv_heads)  # (T, H + 2 Hkv, D/2)
             self.register_buffer("rope_rotations", table, persistent=False)
+        if cfg.pos_emb == "sincos":
+            sincos = sinusoidal_positions(cfg.block_size, cfg.n_embd)  # (T, C), fixed
+            self.register_buffer("sincos_positions", sincos, persistent=False)
         self.apply(lambda m: init_weights(m, cfg.init_std, cfg.n_layer))
         if cfg.zero_init_proj:  # the modded-nanoGPT speedrun's start: blocks begin as identity
             for block in self.blocks:
@@ -149,6 +159,8 @@ class GPT(nn.Module):
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
+        elif self.cfg.pos_emb == "sincos":
+            x = embed_with_sinusoids(x, self.sincos_positions[positions])
         else:
             rope = self.rope_rotations[positions]  # (T | B T, H + 2 Hkv, D/2)
         x = self.drop(x)

@@ -57,6 +57,20 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))
 
 
+def sinusoidal_positions(max_positions: int, width: int, base: float = 10000.0) -> torch.Tensor:
+    """The original Transformer's fixed position encodings (Vaswani et al. 2017, §3.5), (T, C):
+
+        PE(p, 2i) = sin(p / base^(2i/C)),   PE(p, 2i+1) = cos(p / base^(2i/C))
+
+    Sine and cosine of one frequency sit side by side (interleaved), and the exponent is 2i/C
+    over the model width C, not over a head's width.
+    """
+    exponent = torch.arange(0, width, 2, dtype=torch.float64) / width  # 2i/C, (C/2,)
+    angles = torch.arange(max_positions, dtype=torch.float64)[:, None] / base**exponent
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (T, C/2, 2)
+    return table.reshape(max_positions, width).float()
+
+
 def rope_frequencies(
     head_dim: int, theta: float, scaling: dict[str, Any] | None = None
 ) -> torch.Tensor:

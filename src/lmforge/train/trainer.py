@@ -14,6 +14,7 @@ from torch import nn
 from lmforge.config import TrainConfig, higher_is_better
 from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import TrainingDiverged
+from lmforge.evaluate import perplexity_from_loss
 from lmforge.train.distributed import mean_across_ranks, world_size
 from lmforge.train.optim import lr_at
 from lmforge.train.runtime import autocast, choose_precision, grad_scaler
@@ -46,6 +47,14 @@ def _width(model: nn.Module) -> int:
     inner = getattr(model, "module", model)  # DDP
     cfg = getattr(inner, "cfg", None) or getattr(getattr(inner, "body", None), "cfg", None)
     return getattr(cfg, "n_embd", 256)
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """g ← g · min(1, c / ‖g‖₂) over all gradients together (c = max_norm, ‖g‖₂ = norm, the
+    global norm of every gradient as one vector); c = 0 turns clipping off. Below the threshold
+    the factor would be exactly 1, so nothing is touched."""
+    if 0 < max_norm < float(norm):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
 
 
 def scored_items(batch: Batch) -> int:
@@ -174,8 +183,7 @@ class Trainer:
             self._skip_step(step, total_loss, grad_norm)
             return total_loss, grad_norm, tokens
         self._bad_in_a_row = 0
-        if 0 < cfg.grad_clip < grad_norm:  # below the threshold the scale would be exactly 1
-            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm, foreach=True)
+        clip_gradients(params, cfg.grad_clip, norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -241,7 +249,7 @@ class Trainer:
             count += weight
         model.train(was_training)
         val_loss = total / count if count else math.nan
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))}
+        return {"val_loss": val_loss, "val_ppl": perplexity_from_loss(val_loss)}
 
     def _evaluate(self, tracker: Tracker) -> bool:
         """Evaluate and log; True when cfg.best_metric is the best so far. Counts patience."""
