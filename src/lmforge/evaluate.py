@@ -18,7 +18,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.model.onednn import packed_linears
 
 
-def perplexity_from_loss(mean_nll: float) -> float:
+def perplexity_from_nll(mean_nll: float) -> float:
     """PPL = exp(−(1/N) Σ_i ln P(w_i | w_<i)): e to the mean negative log-likelihood in nats.
     The exponent is capped at 700 so a diverged model reports a huge number, not an overflow."""
     return math.exp(min(mean_nll, 700.0))
@@ -51,7 +51,7 @@ def split_perplexity(
             total += F.cross_entropy(flat, targets, reduction="sum").item()
             count += targets.numel()
     loss = total / max(count, 1)
-    return Perplexity(loss=loss, perplexity=perplexity_from_loss(loss), tokens=count)
+    return Perplexity(loss=loss, perplexity=perplexity_from_nll(loss), tokens=count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ def score_text(
     loss = total / count
     return TextScore(
         loss=loss,
-        perplexity=perplexity_from_loss(loss),
+        perplexity=perplexity_from_nll(loss),
         bits_per_byte=bits_per_byte(total, n_bytes),
         tokens=count,
         bytes=n_bytes,

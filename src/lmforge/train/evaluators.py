@@ -12,7 +12,7 @@ from lmforge.data.batches import Batch
 from lmforge.evaluate import (
     classification_metrics,
     format_confusion_matrix,
-    perplexity_from_loss,
+    perplexity_from_nll,
     predict_logits,
 )
 from lmforge.train.objectives import clm_loss, mlm_nsp_metrics
@@ -37,7 +37,7 @@ def lm_metrics(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
     losses = [clm_loss(model, batch.to(device)).item() for batch in batches]
     model.train(was_training)
     loss = sum(losses) / max(len(losses), 1)
-    return {"val_loss": loss, "val_ppl": perplexity_from_loss(loss)}
+    return {"val_loss": loss, "val_ppl": perplexity_from_nll(loss)}
 
 
 class ClassifierEval:

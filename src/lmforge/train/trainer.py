@@ -14,7 +14,7 @@ from torch import nn
 from lmforge.config import TrainConfig, higher_is_better
 from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.errors import TrainingDiverged
-from lmforge.evaluate import perplexity_from_loss
+from lmforge.evaluate import perplexity_from_nll
 from lmforge.train.distributed import mean_across_ranks, world_size
 from lmforge.train.optim import lr_at
 from lmforge.train.runtime import autocast, choose_precision, grad_scaler
@@ -249,7 +249,7 @@ class Trainer:
             count += weight
         model.train(was_training)
         val_loss = total / count if count else math.nan
-        return {"val_loss": val_loss, "val_ppl": perplexity_from_loss(val_loss)}
+        return {"val_loss": val_loss, "val_ppl": perplexity_from_nll(val_loss)}
 
     def _evaluate(self, tracker: Tracker) -> bool:
         """Evaluate and log; True when cfg.best_metric is the best so far. Counts patience."""
