@@ -15,6 +15,7 @@ from lmforge.cli import (
     finetune,
     generate,
     harness,
+    inspect,
     interop,
     lora,
     predict,
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_compress(verbs)
     lora.add_lora(verbs)
     estimate.add_estimate(verbs)
+    inspect.add_inspect(verbs)
     config = verbs.add_parser("config", help="show every config key with its default")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, help="show this file's resolved values")
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": interop.run_interop,
         "config": _run_config,
         "estimate": estimate.run_estimate,
+        "inspect": inspect.run_inspect,
     }
     try:
         handlers[args.verb](args)

@@ -56,6 +56,8 @@ def _packable(module: nn.Module) -> bool:
             or (weight.dtype == torch.bfloat16 and bf16_packing_available())
         )
     )
+
+
 PACK_ALWAYS = 384 * 1024  # weight elements: from here packing wins even for one row
 PACK_WORK = 1 << 21  # rows x weight elements: from here it wins for any matrix
 
