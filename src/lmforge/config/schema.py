@@ -235,7 +235,13 @@ class TrainConfig:
     )
     keep_last: int = param(2, "checkpoints kept besides the best one")
     log_interval: int = param(10, "steps between metrics.jsonl records")
-    max_bad_steps: int = param(5, "consecutive non-finite steps that stop the run")
+    max_bad_steps: int = param(5, "consecutive non-finite (or spike) steps that stop the run")
+    spike_guard: float = param(
+        0.0,
+        "skip an update whose loss exceeds this many times the mean of the last "
+        "train.spike_window accepted losses (0: off; 3 is a reasonable start)",
+    )
+    spike_window: int = param(100, "accepted losses the spike guard averages over")
     seed: int = param(1337, "seed of every random choice (init, batches, dropout)")
     device: str = param("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = param(
@@ -300,6 +306,12 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "max_bad_steps"):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _require(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _require(
+            self.spike_guard == 0 or self.spike_guard > 1,
+            f"train.spike_guard must be 0 (off) or > 1 (a multiple of the mean loss); "
+            f"got {self.spike_guard}",
+        )
+        _require(self.spike_window >= 1, "train.spike_window must be >= 1")
         _require(self.lr > 0, "train.lr must be > 0")
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}]")
         if self.warmup_steps > self.max_steps:  # a short trial run of a long recipe

@@ -5,7 +5,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ class TrainerState:
     best_step: int = 0
     evals_since_best: int = 0
     stopped_early: bool = False
+    recent_losses: list[float] = field(default_factory=list)  # the spike guard's window
 
 
 def _width(model: nn.Module) -> int:
@@ -55,6 +56,14 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float, norm: torch.Tens
     the factor would be exactly 1, so nothing is touched."""
     if 0 < max_norm < float(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+
+
+def is_loss_spike(loss: float, recent: list[float], factor: float, window: int) -> bool:
+    """The spike guard's test: loss > k · mean(last `window` accepted losses), k = factor.
+    Off when k = 0, and until `window` losses are known (early losses fall fast: no baseline)."""
+    if factor <= 0 or len(recent) < window:
+        return False
+    return loss > factor * sum(recent[-window:]) / window
 
 
 def scored_items(batch: Batch) -> int:
@@ -180,8 +189,19 @@ class Trainer:
             self._overflow(step)
             return total_loss, grad_norm, tokens
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
-            self._skip_step(step, total_loss, grad_norm)
+            self._skip_step(step, f"non-finite loss ({total_loss}) or gradient norm ({grad_norm})")
             return total_loss, grad_norm, tokens
+        # total_loss is the global batch's on every rank, so every rank decides alike
+        recent = self.state.recent_losses
+        if is_loss_spike(total_loss, recent, cfg.spike_guard, cfg.spike_window):
+            mean = sum(recent) / len(recent)
+            self._skip_step(
+                step, f"loss spike ({total_loss:.4f} > {cfg.spike_guard:g} x {mean:.4f})"
+            )
+            return total_loss, grad_norm, tokens
+        if cfg.spike_guard > 0:
+            recent.append(total_loss)
+            del recent[: -cfg.spike_window]
         self._bad_in_a_row = 0
         clip_gradients(params, cfg.grad_clip, norm)
         if self.scaler is not None:
@@ -206,22 +226,24 @@ class Trainer:
                 f"lowered to {self.scaler.get_scale():g}"
             )
 
-    def _skip_step(self, step: int, loss: float, grad_norm: float) -> None:
-        """The non-finite guard: drop this update, count it, and stop if it keeps happening."""
+    def _skip_step(self, step: int, why: str) -> None:
+        """The non-finite and spike guards: drop this update, count it, and stop if it keeps
+        happening."""
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
         self._bad_in_a_row += 1
         if self.tracker:
             self.tracker.write(
-                f"warning: step {step + 1}: non-finite loss ({loss}) or gradient norm "
-                f"({grad_norm}); update skipped ({self.state.skipped_steps} so far)",
+                f"warning: step {step + 1}: {why}; update skipped "
+                f"({self.state.skipped_steps} so far)",
                 logging.WARNING,
             )
         if self._bad_in_a_row > self.cfg.max_bad_steps:
             raise TrainingDiverged(
-                f"training diverged: {self._bad_in_a_row} non-finite steps in a row up to step "
-                f"{step + 1}; lower train.lr, raise train.warmup_steps or set train.grad_clip. "
-                "The last good checkpoint is intact: fix the config and resume with --resume RUN"
+                f"training diverged: {self._bad_in_a_row} skipped steps in a row up to step "
+                f"{step + 1} ({why}); lower train.lr, raise train.warmup_steps or set "
+                "train.grad_clip. The last good checkpoint is intact: fix the config and resume "
+                "with --resume RUN"
             )
 
     def evaluate(self) -> dict[str, Any]:
