@@ -2,8 +2,6 @@
 context position, compression reports, attention maps and per-token losses (Agg backend, no
 display needed)."""
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+from lmforge.rundir.files import atomic_path
 
 
 def plot_loss_curves(
@@ -184,12 +184,10 @@ def plot_token_losses(
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Write fig as a PNG via a temporary file and rename; readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """Write fig as a PNG via a temporary file and rename (lmforge.rundir.files.atomic_path);
+    readers never see half a file."""
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ def test_run_directory_has_every_artifact(trained_run: Path) -> None:
         "tokenizer.json",
         "metrics.jsonl",
         "loss.png",
-        "trainer_state/state.pt",
+        "trainer_state/state.safetensors",
         "trainer_state/state.json",
         "best/model.safetensors",
     ):

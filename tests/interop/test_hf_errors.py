@@ -120,3 +120,15 @@ def test_grouped_query_attention_cannot_be_exported(
     ckpt.save_weights(build_model(cfg), run / layout.MODEL_FILE)
     with pytest.raises(CheckpointError, match="n_kv_head == n_head"):
         export_hf(run, tmp_path / "hf")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"n_embd": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000, "\xff\xfe not utf-8"],
+)
+def test_a_config_json_python_cannot_parse_is_a_checkpoint_error(tmp_path: Path, text: str) -> None:
+    """Found by the fuzz tests: an integer over Python's 4300-digit limit, nesting deeper than
+    the recursion limit and bytes that are not UTF-8 used to escape as raw exceptions."""
+    (tmp_path / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        import_hf(tmp_path, tmp_path / "out")

@@ -24,7 +24,7 @@ from lmforge.cli import (
     serve,
 )
 from lmforge.config import all_keys, load_config, to_dict
-from lmforge.errors import LMForgeError
+from lmforge.errors import Interrupted, LMForgeError
 
 EXAMPLES = """examples:
   lmforge prepare  --input builtin:python-docs --out data/docs
@@ -100,6 +100,21 @@ def _worker_prefix() -> str:
     return ""
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted run: the same verb (and task or method) with --resume."""
+    run = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
+    words = ["lmforge", args.verb, getattr(args, "task", None) or getattr(args, "method", None)]
+    return " ".join(str(w) for w in [*words, "--resume", run] if w)
+
+
+def _report_interrupted(exc: Interrupted, args: argparse.Namespace) -> int:
+    """One line from one process (rank 0 under torchrun; none from a --nproc launcher, whose
+    rank 0 said it), and exit 128 + the signal's number."""
+    if os.environ.get("RANK", "0") == "0" and exc.step >= 0:
+        print(f"{exc}; continue with: {_resume_hint(args)}", file=sys.stderr)
+    return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lmforge` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         handlers[args.verb](args)
+    except Interrupted as exc:
+        return _report_interrupted(exc, args)
     except LMForgeError as exc:
         print(f"error: {_worker_prefix()}{exc}", file=sys.stderr)
         return 2

@@ -118,7 +118,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte offset {exc.start}); save it as UTF-8"
+        ) from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -152,7 +157,13 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        out.setdefault(section, {})[name] = value
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(
+                f"--set {key}: the config's {section!r} is {target!r}, not a section of keys; "
+                f"write it as a mapping ({section}: then indented keys)"
+            )
+        target[name] = value
     return out
 
 

@@ -548,10 +548,20 @@ class SamplingConfig:
             0 <= self.min_new_tokens <= self.max_new_tokens,
             f"--min-new-tokens must be in [0, --max-new-tokens={self.max_new_tokens}]",
         )
-        _require(self.temperature >= 0, "--temperature must be >= 0 (0 is greedy)")
+        _require(
+            0 <= self.temperature < float("inf"),
+            "--temperature must be a finite number >= 0 (0 is greedy)",
+        )
+        _require(
+            self.seed is None or 0 <= self.seed < 2**63,
+            f"--seed must be in [0, 2**63), got {self.seed}",
+        )
         _require(self.top_k >= 0, "--top-k must be >= 0 (0 disables top-k)")
         _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
-        _require(self.repetition_penalty > 0, "--repetition-penalty must be > 0 (1 disables it)")
+        _require(
+            0 < self.repetition_penalty < float("inf"),
+            "--repetition-penalty must be a finite number > 0 (1 disables it)",
+        )
         _require(self.no_repeat_ngram_size >= 0, "--no-repeat-ngram-size must be >= 0 (0 disables)")
         _require(self.beams >= 1, "--beams must be >= 1 (1 disables beam search)")
         _require(

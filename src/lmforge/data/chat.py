@@ -83,6 +83,13 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             raise DataError(f"the chat template does not render: {exc}") from None
+        except DataError:  # the template's raise_exception(...)
+            raise
+        except Exception as exc:  # a template is a program: 1 / 0, a bad call, ...
+            raise DataError(
+                f"the chat template fails on this conversation ({type(exc).__name__}: {exc}); "
+                "fix the template"
+            ) from None
 
     def end_of_turn(self) -> str:
         """What the template writes right after an assistant's answer, up to its first line

@@ -32,6 +32,7 @@ from lmforge.config import (
     read_config_file,
 )
 from lmforge.data.batches import IGNORE_INDEX, Batch, step_generator
+from lmforge.data.readers import json_line
 from lmforge.data.sentences import truncated_lengths
 from lmforge.errors import CheckpointError, ConfigError, DataError, LMForgeError
 from lmforge.rundir.files import write_text_atomic
@@ -81,12 +82,20 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[str, dict[str, Any]]
     """(location for messages, row) pairs; checks that every wanted column exists."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return _jsonl_rows(path, columns)
+        return _utf8_only(path, _jsonl_rows(path, columns))
     if suffix in (".csv", ".tsv"):
-        return _table_rows(path, columns, tsv=suffix == ".tsv")
+        return _utf8_only(path, _table_rows(path, columns, tsv=suffix == ".tsv"))
     raise DataError(
         f"{path}: unknown file type {path.suffix or '(none)'!r}; use .csv, .tsv or .jsonl"
     )
+
+
+def _utf8_only(path: Path, rows: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+    """rows, with a file that is not UTF-8 reported as a DataError instead of a decode error."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
 
 
 def _table_rows(path: Path, columns: list[str], tsv: bool) -> Iterator[tuple[str, dict]]:
@@ -127,12 +136,7 @@ def _jsonl_rows(path: Path, columns: list[str]) -> Iterator[tuple[str, dict]]:
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{where}: not valid JSON ({exc.msg}); one object per line"
-                ) from None
+            row = json_line(line, where)
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             _check_columns(where, columns, list(row))

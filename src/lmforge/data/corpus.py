@@ -62,14 +62,16 @@ def clean_text(text: str) -> str:
     """NFC-normalise, drop control characters, normalise line ends and spaces, trim blank runs.
 
     Each rewrite runs only where a quick scan finds something for it to do: most text has
-    nothing to fix, and the substitutions are the slow part of reading a corpus.
+    nothing to fix, and the substitutions are the slow part of reading a corpus. NFC comes after
+    the control characters are gone: one between a letter and its accent would otherwise keep
+    them apart, and a second cleaning would compose them (cleaning is idempotent).
     """
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _UNUSUAL.search(text):
         text = _ODD_SPACES.sub(" ", _CONTROL.sub("", text))
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
     if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
         text = "\n".join([line.rstrip(" \t") for line in text.split("\n")])
     while "\n\n\n" in text:  # each pass shortens every run of three or more line breaks

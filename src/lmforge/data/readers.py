@@ -167,11 +167,21 @@ def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Document]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        record = json_line(line, where)
         yield Document(json_text(record, options.text_column, where), where)
+
+
+def json_line(line: str, where: str) -> Any:
+    """One line of a JSONL file parsed; invalid JSON, a number over Python's 4300-digit limit
+    or nesting deeper than the parser's recursion limit is a DataError naming the line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    except ValueError as exc:  # int("9" * 5000): Python refuses integers that long
+        raise DataError(f"{where}: not usable JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{where}: not usable JSON (nested too deeply)") from None
 
 
 def read_csv(path: Path, options: ReadOptions) -> Iterator[Document]:

@@ -7,7 +7,6 @@ teaches the model to stop). A messages row is rendered by the run's chat templat
 Prompt and context labels are -100.
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from lmforge.data.batches import IGNORE_INDEX, Batch
 from lmforge.data.chat import ChatTemplate, check_messages
+from lmforge.data.readers import json_line
 from lmforge.errors import DataError
 from lmforge.rundir.files import read_utf8
 from lmforge.tokenizer import Tokenizer
@@ -43,10 +43,7 @@ def chat_pair(messages: list[dict], template: ChatTemplate, where: str) -> Pair:
 
 
 def _pair(line: str, where: str, template: ChatTemplate | None) -> Pair:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    record = json_line(line, where)
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:

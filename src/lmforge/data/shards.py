@@ -9,7 +9,6 @@ begins a segmented word, for whole-word masking of Chinese.
 """
 
 import json
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from lmforge.data.token_encoding import (
     encode_batches,
 )
 from lmforge.errors import DataError
-from lmforge.rundir.files import write_text_atomic
+from lmforge.rundir import files
+from lmforge.rundir.files import write_text_atomic, writing
 from lmforge.tokenizer import Tokenizer
 
 META_FILE = "meta.json"
@@ -64,6 +64,12 @@ class _Piece:
         return head, tail
 
 
+def _append_bytes(path: Path, values: np.ndarray, dtype: Any = np.uint8) -> None:
+    """Append values as dtype to a shard file; a full disk is a DiskError naming the file."""
+    with writing(path), path.open("ab") as handle:
+        handle.write(values.astype(dtype).tobytes())
+
+
 @dataclass
 class _SplitWriter:
     """Appends token arrays to numbered shard files of at most shard_tokens tokens."""
@@ -89,11 +95,9 @@ class _SplitWriter:
                     (self.directory / entry["word_starts"]).write_bytes(b"")
                 self.files.append(entry)
             room = self.shard_tokens - self.files[-1]["tokens"]
-            with (self.directory / self.files[-1]["name"]).open("ab") as handle:
-                handle.write(tokens[:room].astype(self.dtype).tobytes())
+            _append_bytes(self.directory / self.files[-1]["name"], tokens[:room], self.dtype)
             if starts is not None:
-                with (self.directory / self.files[-1]["word_starts"]).open("ab") as handle:
-                    handle.write(starts[:room].astype(np.uint8).tobytes())
+                _append_bytes(self.directory / self.files[-1]["word_starts"], starts[:room])
                 starts = starts[room:]
             self.files[-1]["tokens"] += len(tokens[:room])
             tokens = tokens[room:]
@@ -149,7 +153,31 @@ def write_shards(
     Every round(1/val_fraction)-th document goes to val; with too few documents for that, the last
     document (or the tail of a lone document) becomes the validation split. segmenter "jieba"
     (wordpiece only) also writes each shard's word-start flags for whole-word masking.
+    A full disk or an I/O error is a DiskError; the caller removes out_dir's partial files.
     """
+    with writing(out_dir):  # the sentence index writes too
+        return _write_shards(
+            documents,
+            tokenizer,
+            out_dir,
+            val_fraction,
+            shard_tokens,
+            batch_chars,
+            segmenter,
+            workers,
+        )
+
+
+def _write_shards(
+    documents: Iterable[Document],
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    val_fraction: float,
+    shard_tokens: int,
+    batch_chars: int,
+    segmenter: str,
+    workers: int,
+) -> dict[str, Any]:
     dtype = token_dtype(tokenizer.vocab_size)
     sentences = tokenizer.kind == "wordpiece"
     if segmenter not in SEGMENTERS:
@@ -223,15 +251,9 @@ def _write_last_document(
 
 
 def replace_directory(tmp_dir: Path, out_dir: Path) -> None:
-    """Move a finished tmp_dir into place at out_dir, replacing whatever was there."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp_dir.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp_dir.rename(out_dir)
+    """Move a finished tmp_dir into place at out_dir, replacing whatever was there, with the
+    mode the umask gives a new directory (see lmforge.rundir.files.replace_directory)."""
+    files.replace_directory(tmp_dir, out_dir)
 
 
 class TokenShards:

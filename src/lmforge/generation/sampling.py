@@ -75,10 +75,16 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from logits (B, V): argmax at temperature 0, else softmax(logits/T)
-    restricted to the top-k tokens and to the smallest set whose probability reaches top_p."""
+    restricted to the top-k tokens and to the smallest set whose probability reaches top_p.
+
+    Computed as softmax((l - max l) / T) in float64, which is the same distribution but stays
+    finite for any finite T > 0: logits / 1e-45 or a +inf left by a tiny repetition penalty
+    would otherwise make softmax NaN."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
+    logits = logits.double().clamp(max=torch.finfo(torch.float64).max)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

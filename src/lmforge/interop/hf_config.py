@@ -27,8 +27,82 @@ ARCHITECTURES = {
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
+# The JSON type of every config.json key the mapping reads (None allowed where HF writes null).
+_INTEGERS = (
+    "vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "max_position_embeddings",
+    "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+    "type_vocab_size",
+)  # fmt: skip
+_OPTIONAL_INTEGERS = ("n_inner", "head_dim", "sliding_window", "num_key_value_heads")
+_NUMBERS = (
+    "resid_pdrop", "hidden_dropout_prob", "attention_dropout", "hidden_dropout",
+    "layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "initializer_range", "rope_theta",
+    "rotary_pct", "partial_rotary_factor", "rotary_emb_base", "factor", "low_freq_factor",
+    "high_freq_factor", "original_max_position_embeddings",
+)  # fmt: skip
+_BOOLEANS = (
+    "tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window",
+    "use_parallel_residual",
+)  # fmt: skip
+_STRINGS = (
+    "model_type", "activation_function", "hidden_act", "position_embedding_type", "rope_type",
+    "type",
+)  # fmt: skip
+_MAPPINGS = ("rope_scaling", "rope_parameters")
+
+
+def _type_error(key: str, value: Any, expected: str) -> CheckpointError:
+    return CheckpointError(
+        f"HF config: {key} must be {expected}, got {value!r}; is it a config written by "
+        "transformers' save_pretrained?"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return abs(float(value)) < float("inf")
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def check_json_types(hf_config: Any, where: str = "") -> None:
+    """Refuse a config.json whose keys read by the mapping hold the wrong JSON type (a string
+    for a size, a list for an activation, NaN for an epsilon), so none reaches arithmetic."""
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"the HF config{where} must hold a JSON object, got {hf_config!r}")
+    checks = [
+        (_INTEGERS, _is_int, "an integer"),
+        (_OPTIONAL_INTEGERS, lambda v: v is None or _is_int(v), "an integer or null"),
+        (_NUMBERS, _is_finite_number, "a finite number"),
+        (_BOOLEANS, lambda v: isinstance(v, bool), "true or false"),
+        (_STRINGS, lambda v: isinstance(v, str), "a string"),
+        (_MAPPINGS, lambda v: v is None or isinstance(v, dict), "an object or null"),
+    ]
+    for keys, ok, expected in checks:
+        for key in keys:
+            if key in hf_config and not ok(hf_config[key]):
+                raise _type_error(
+                    f"{where.lstrip('.')}.{key}".lstrip("."), hf_config[key], expected
+                )
+    architectures = hf_config.get("architectures")
+    if architectures is not None and not (
+        isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+    ):
+        raise _type_error("architectures", architectures, "a list of class names")
+    for key in _MAPPINGS:
+        if hf_config.get(key) is not None:
+            check_json_types(hf_config[key], where=f".{key}")
+
+
 def model_type_of(hf_config: dict[str, Any]) -> str:
     """The Hugging Face model_type, checked against what lmforge can map."""
+    check_json_types(hf_config)
     model_type = hf_config.get("model_type", "")
     if model_type not in SUPPORTED:
         raise CheckpointError(
@@ -75,13 +149,13 @@ def _config_from_hf(hf: dict[str, Any], model_type: str) -> ModelConfig:
             n_layer=hf["n_layer"],
             n_head=hf["n_head"],
             n_embd=n_embd,
-            dropout=hf.get("resid_pdrop", 0.0),
+            dropout=float(hf.get("resid_pdrop", 0.0)),
             bias=True,
             pos_emb="learned",
             tie_weights=hf.get("tie_word_embeddings", True),
             activation=_activation(hf.get("activation_function", "gelu_new")),
-            ln_eps=hf.get("layer_norm_epsilon", 1e-5),
-            init_std=hf.get("initializer_range", 0.02),
+            ln_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            init_std=float(hf.get("initializer_range", 0.02)),
         )
     if model_type == "gpt_neox":
         return _neox_config(hf)
@@ -98,12 +172,12 @@ def _config_from_hf(hf: dict[str, Any], model_type: str) -> ModelConfig:
         n_layer=hf["num_hidden_layers"],
         n_head=hf["num_attention_heads"],
         n_embd=hidden,
-        dropout=hf.get("hidden_dropout_prob", 0.1),
+        dropout=float(hf.get("hidden_dropout_prob", 0.1)),
         bias=True,
         pos_emb="learned",
         activation=_activation(hf.get("hidden_act", "gelu")),
-        ln_eps=hf.get("layer_norm_eps", 1e-12),
-        init_std=hf.get("initializer_range", 0.02),
+        ln_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        init_std=float(hf.get("initializer_range", 0.02)),
         type_vocab_size=hf.get("type_vocab_size", 2),
         mlp_hidden=_mlp_hidden(hf.get("intermediate_size", 4 * hidden), hidden),
     )
@@ -148,7 +222,7 @@ def _llama_config(hf: dict[str, Any]) -> ModelConfig:
         )
     elif attention_bias:  # Qwen3 and Mistral: biases on attention only
         raise CheckpointError(f"unsupported attention_bias=True for {model_type}")
-    head_dim = hf.get("head_dim") or hidden // heads
+    head_dim = hf.get("head_dim") or (hidden // heads if heads > 0 else 0)
     theta, scaling = _rope_settings(hf)
     return ModelConfig(
         arch="gpt",
@@ -171,7 +245,7 @@ def _llama_config(hf: dict[str, Any]) -> ModelConfig:
         activation="swiglu",
         norm="rmsnorm",
         ln_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        init_std=hf.get("initializer_range", 0.02),
+        init_std=float(hf.get("initializer_range", 0.02)),
     )
 
 
@@ -189,14 +263,14 @@ def _neox_config(hf: dict[str, Any]) -> ModelConfig:
         n_layer=hf["num_hidden_layers"],
         n_head=hf["num_attention_heads"],
         n_embd=hidden,
-        dropout=hf.get("hidden_dropout", 0.0),
+        dropout=float(hf.get("hidden_dropout", 0.0)),
         bias=True,
         pos_emb="rope",
         rope_theta=float(rope.get("rope_theta", hf.get("rotary_emb_base", 10000.0))),
         tie_weights=hf.get("tie_word_embeddings", False),
         activation=_activation(hf.get("hidden_act", "gelu")),
-        ln_eps=hf.get("layer_norm_eps", 1e-5),
-        init_std=hf.get("initializer_range", 0.02),
+        ln_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        init_std=float(hf.get("initializer_range", 0.02)),
     )
 
 

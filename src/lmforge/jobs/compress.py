@@ -30,11 +30,12 @@ from lmforge.config.load import resume_config, student_config
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.evaluate import score_text
 from lmforge.generation.loop import generate_tokens, require_causal_lm
-from lmforge.jobs.session import TrainingPlan, newest_checkpoint, train
+from lmforge.jobs.run_control import check_new_run_dir, main_rank_lock, newest_checkpoint
+from lmforge.jobs.session import TrainingPlan, train
 from lmforge.plots import plot_compression_report
 from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
-from lmforge.rundir.files import check_output_dir, read_text, staged_directory, write_text_atomic
+from lmforge.rundir.files import read_text, staged_directory, write_text_atomic
 from lmforge.rundir.layout import PRUNING_FILE, QUANTIZATION_FILE, QUANTIZED_WEIGHTS
 from lmforge.rundir.load import load_run, read_run_config
 from lmforge.tokenizer import Tokenizer
@@ -54,6 +55,11 @@ def _refuse_quantized(run_dir: Path, what: str) -> None:
 
 def quantize_run(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """An int8 copy of a run: every linear layer quantized per output channel."""
+    with main_rank_lock(out, "lmforge compress quantize"):
+        return _quantize(run_dir, out, overwrite)
+
+
+def _quantize(run_dir: Path, out: Path, overwrite: bool) -> dict[str, Any]:
     _refuse_quantized(run_dir, "quantize")
     cfg, model, tokenizer = load_run(run_dir)
     quantized, scheme = quantize_int8(model)
@@ -130,38 +136,44 @@ def prune_run(
 ) -> dict[str, Any]:
     """Prune a GPT run (magnitude, or whole heads / neurons), optionally fine-tune to recover
     (through the training session: checkpointed, resumable with resume_prune)."""
-    _refuse_quantized(run_dir, "prune")
-    if structured not in (None, *STRUCTURES):
-        raise ConfigError(f"--structured must be one of {STRUCTURES}; got {structured!r}")
-    if finetune_steps < 0:
-        raise ConfigError("--finetune-steps must be >= 0")
-    if not 0.0 < sparsity < 1.0:
-        raise ConfigError(f"--sparsity must be in (0, 1), e.g. 0.5; got {sparsity}")
-    source = data_dir or (read_run_config(run_dir).data.dir or None)
-    if finetune_steps and source is None:
-        raise ConfigError("recovery fine-tuning needs --data DIR (made by `lmforge prepare`)")
-    settings = {
-        "source_run": str(run_dir),
-        "method": structured or "magnitude",
-        "sparsity": sparsity,
-        "finetune_steps": finetune_steps,
-        "lr": lr,
-        "data_dir": str(source) if source else "",
-        "sets": list(sets or []),  # train.*/dist.* overrides of the recovery
-    }
-    if not finetune_steps:
-        cfg, model, tokenizer = _pruned(run_dir, settings)
-        with staged_directory(out, overwrite) as tmp:
-            return _finish_pruning(tmp, out, settings, cfg, model, tokenizer, None)
-    if launched_rank() == 0:
-        check_output_dir(out, overwrite)
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-    return _recover(out, settings, None)
+    with main_rank_lock(out, "lmforge compress prune"):
+        _refuse_quantized(run_dir, "prune")
+        if structured not in (None, *STRUCTURES):
+            raise ConfigError(f"--structured must be one of {STRUCTURES}; got {structured!r}")
+        if finetune_steps < 0:
+            raise ConfigError("--finetune-steps must be >= 0")
+        if not 0.0 < sparsity < 1.0:
+            raise ConfigError(f"--sparsity must be in (0, 1), e.g. 0.5; got {sparsity}")
+        source = data_dir or (read_run_config(run_dir).data.dir or None)
+        if finetune_steps and source is None:
+            raise ConfigError("recovery fine-tuning needs --data DIR (made by `lmforge prepare`)")
+        settings = {
+            "source_run": str(run_dir),
+            "method": structured or "magnitude",
+            "sparsity": sparsity,
+            "finetune_steps": finetune_steps,
+            "lr": lr,
+            "data_dir": str(source) if source else "",
+            "sets": list(sets or []),  # train.*/dist.* overrides of the recovery
+        }
+        if not finetune_steps:
+            cfg, model, tokenizer = _pruned(run_dir, settings)
+            with staged_directory(out, overwrite) as tmp:
+                return _finish_pruning(tmp, out, settings, cfg, model, tokenizer, None)
+        if launched_rank() == 0:
+            check_new_run_dir(out, overwrite)
+            if out.exists() and overwrite:
+                shutil.rmtree(out)
+        return _recover(out, settings, None)
 
 
 def resume_prune(out: Path) -> dict[str, Any]:
     """Continue the recovery fine-tune of a pruned run from its newest checkpoint."""
+    with main_rank_lock(out, "lmforge compress prune --resume"):
+        return _resume_prune(out)
+
+
+def _resume_prune(out: Path) -> dict[str, Any]:
     resume_from = newest_checkpoint(out)
     try:
         record = json.loads((out / PRUNING_FILE).read_text(encoding="utf-8"))
@@ -305,27 +317,34 @@ def distill_run(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Pretrain a student on data_dir with the distillation loss against a teacher run."""
-    check_distillation(temperature, alpha)
-    tokenizer = Tokenizer.load(teacher_dir / layout.TOKENIZER_FILE)
-    data_tokenizer = data_dir / layout.TOKENIZER_FILE
-    if not data_tokenizer.is_file():
-        raise DataError(f"{data_dir} is not a prepared data directory (no tokenizer.json)")
-    if Tokenizer.load(data_tokenizer).sha256() != tokenizer.sha256():
-        raise DataError(
-            f"teacher and student must share the tokenizer, but {data_dir} was prepared with "
-            f"another one; prepare it with --tokenizer-file {teacher_dir / layout.TOKENIZER_FILE}"
-        )
-    cfg = student_config(student_config_file, sets, data_dir, tokenizer.vocab_size)
-    if launched_rank() == 0:
-        check_output_dir(out, overwrite)
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-    settings = {"teacher": str(teacher_dir), "temperature": temperature, "alpha": alpha}
-    return _distill(cfg, out, settings, None)
+    with main_rank_lock(out, "lmforge compress distill"):
+        check_distillation(temperature, alpha)
+        tokenizer = Tokenizer.load(teacher_dir / layout.TOKENIZER_FILE)
+        data_tokenizer = data_dir / layout.TOKENIZER_FILE
+        if not data_tokenizer.is_file():
+            raise DataError(f"{data_dir} is not a prepared data directory (no tokenizer.json)")
+        if Tokenizer.load(data_tokenizer).sha256() != tokenizer.sha256():
+            teacher_tokenizer = teacher_dir / layout.TOKENIZER_FILE
+            raise DataError(
+                f"teacher and student must share the tokenizer, but {data_dir} was prepared with "
+                f"another one; prepare it with --tokenizer-file {teacher_tokenizer}"
+            )
+        cfg = student_config(student_config_file, sets, data_dir, tokenizer.vocab_size)
+        if launched_rank() == 0:
+            check_new_run_dir(out, overwrite)
+            if out.exists() and overwrite:
+                shutil.rmtree(out)
+        settings = {"teacher": str(teacher_dir), "temperature": temperature, "alpha": alpha}
+        return _distill(cfg, out, settings, None)
 
 
 def resume_distill(out: Path, sets: list[str]) -> dict[str, Any]:
     """Continue a distillation from its newest checkpoint, with the same teacher."""
+    with main_rank_lock(out, "lmforge compress distill --resume"):
+        return _resume_distill(out, sets)
+
+
+def _resume_distill(out: Path, sets: list[str]) -> dict[str, Any]:
     resume_from = newest_checkpoint(out)
     cfg = resume_config(read_run_config(out), sets)
     try:

@@ -54,13 +54,14 @@ from lmforge.evaluate import (
 )
 from lmforge.jobs.domain_adapt import adapted_base, with_adapted_base
 from lmforge.jobs.evaluate import score_generation
-from lmforge.jobs.session import TrainingPlan, newest_checkpoint, train
+from lmforge.jobs.run_control import check_new_run_dir, main_rank_lock, newest_checkpoint
+from lmforge.jobs.session import TrainingPlan, train
 from lmforge.model.lora import add_lora, lora_layers, trainable_share
 from lmforge.plots import plot_confusion_matrix
 from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.adapters import adapter_record, is_adapter_run, write_adapter_config
-from lmforge.rundir.files import check_output_dir, write_text_atomic
+from lmforge.rundir.files import write_text_atomic
 from lmforge.rundir.load import (
     build_model,
     check_vocab,
@@ -93,7 +94,7 @@ def _start(out: Path, overwrite: bool, resume: bool) -> Path | None:
     if resume:
         return newest_checkpoint(out)
     if launched_rank() == 0:
-        check_output_dir(out, overwrite)
+        check_new_run_dir(out, overwrite)
         if out.exists() and overwrite:
             shutil.rmtree(out)
     return None
@@ -150,6 +151,11 @@ def finetune_classify(
     cfg: RunConfig, out: Path, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Fine-tune cfg.finetune.base as a sequence classifier into run directory `out`."""
+    with main_rank_lock(out, "lmforge finetune classify"):
+        return _classify(cfg, out, overwrite, resume)
+
+
+def _classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[str, Any]:
     tokenizer = _base_tokenizer(cfg)
     data = load_data(cfg, tokenizer)
     if not resume:
@@ -250,7 +256,8 @@ def finetune_multitask(
     if len(task_files) < 2:
         raise ConfigError("multitask needs at least two --task NAME=FILE")
     specs = {name: read_task_spec(name, path) for name, path in task_files.items()}
-    return _multitask(cfg, specs, out, overwrite, resume)
+    with main_rank_lock(out, "lmforge finetune multitask"):
+        return _multitask(cfg, specs, out, overwrite, resume)
 
 
 def _multitask(
@@ -399,6 +406,11 @@ def finetune_lm(
     cfg: RunConfig, out: Path, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Continued pretraining of the base run on cfg.data.dir (prepared with its tokenizer)."""
+    with main_rank_lock(out, "lmforge finetune lm"):
+        return _lm(cfg, out, overwrite, resume)
+
+
+def _lm(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[str, Any]:
     if not cfg.data.dir:
         raise ConfigError(
             "finetune lm needs --data DIR (made by `lmforge prepare` with the base "
@@ -418,6 +430,11 @@ def finetune_sft(
     cfg: RunConfig, out: Path, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Teach the base run prompt -> completion pairs from JSONL; then score it by generation."""
+    with main_rank_lock(out, "lmforge finetune sft"):
+        return _sft(cfg, out, overwrite, resume)
+
+
+def _sft(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[str, Any]:
     ft = cfg.finetune
     if not ft.train_file or not ft.valid_file:
         raise ConfigError("finetune sft needs --train FILE and --valid FILE (JSONL)")
@@ -462,7 +479,13 @@ def finetune_kind(run_dir: Path, cfg: RunConfig) -> str:
 
 
 def resume_finetune(run_dir: Path, sets: list[str], task: str | None = None) -> dict[str, Any]:
-    """Continue a fine-tune from its newest checkpoint with its own config (plus --set)."""
+    """Continue a fine-tune from its newest checkpoint with its own config (plus --set); one
+    stopped before its first checkpoint starts over."""
+    with main_rank_lock(run_dir, "lmforge finetune --resume"):
+        return _resume(run_dir, sets, task)
+
+
+def _resume(run_dir: Path, sets: list[str], task: str | None) -> dict[str, Any]:
     cfg = resume_config(read_run_config(run_dir), sets)
     kind = finetune_kind(run_dir, cfg)
     if task is not None and task != kind:
@@ -474,5 +497,5 @@ def resume_finetune(run_dir: Path, sets: list[str], task: str | None = None) -> 
             for name, record in tasks.items()
         }
         return _multitask(cfg, specs, run_dir, False, True)
-    run = {"classify": finetune_classify, "lm": finetune_lm, "sft": finetune_sft}[kind]
-    return run(cfg, run_dir, resume=True)
+    run = {"classify": _classify, "lm": _lm, "sft": _sft}[kind]
+    return run(cfg, run_dir, False, True)

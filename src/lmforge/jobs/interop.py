@@ -3,12 +3,15 @@
 from pathlib import Path
 from typing import Any
 
+from lmforge.rundir.lock import run_lock
+
 
 def import_hf(source: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """A Hugging Face GPT-2 / GPT-NeoX / BERT (directory or Hub id) -> a run directory."""
     from lmforge.interop import hf  # imported here: only these two verbs need it
 
-    return hf.import_hf(source, out, overwrite)
+    with run_lock(out, "lmforge import hf"):
+        return hf.import_hf(source, out, overwrite)
 
 
 def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
@@ -17,6 +20,7 @@ def export_hf(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, An
     from lmforge.interop import hf, peft
     from lmforge.rundir.adapters import is_adapter_run
 
-    if is_adapter_run(Path(run_dir)):
-        return peft.export_peft_adapter(run_dir, out, overwrite)
-    return hf.export_hf(run_dir, out, overwrite)
+    with run_lock(out, "lmforge export hf"):
+        if is_adapter_run(Path(run_dir)):
+            return peft.export_peft_adapter(run_dir, out, overwrite)
+        return hf.export_hf(run_dir, out, overwrite)

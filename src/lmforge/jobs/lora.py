@@ -13,11 +13,17 @@ from lmforge.rundir import layout
 from lmforge.rundir.files import staged_directory
 from lmforge.rundir.layout import LABELS_FILE
 from lmforge.rundir.load import load_run, read_run_config
+from lmforge.rundir.lock import run_lock
 from lmforge.tokenizer import Tokenizer
 
 
 def merge_run(run_dir: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """A full run with the adapters of run_dir folded into the base weights: no base needed."""
+    with run_lock(out, "lmforge lora merge"):
+        return _merge(run_dir, out, overwrite)
+
+
+def _merge(run_dir: Path, out: Path, overwrite: bool) -> dict[str, Any]:
     cfg = read_run_config(run_dir)
     if not cfg.lora.r:
         raise ConfigError(f"{run_dir} has no LoRA adapters (lora.r=0): nothing to merge")

@@ -15,6 +15,7 @@ from lmforge.data.shards import replace_directory, write_shards
 from lmforge.errors import DataError
 from lmforge.rundir import layout
 from lmforge.rundir.files import check_output_dir
+from lmforge.rundir.lock import run_lock
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,13 @@ def _tokenizer(opts: PrepareOptions, texts: Iterator[str]) -> Tokenizer:
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
-    """Corpus -> cleaned documents -> tokenizer -> train/val token shards in opts.out."""
+    """Corpus -> cleaned documents -> tokenizer -> train/val token shards in opts.out (locked
+    while it is written)."""
+    with run_lock(opts.out, "lmforge prepare"):
+        return _prepare(opts)
+
+
+def _prepare(opts: PrepareOptions) -> dict[str, Any]:
     if not 0 <= opts.val_fraction < 1:
         raise DataError("--val-fraction must be in [0, 1)")
     if opts.tokenizer_sample_mb < 0 or opts.workers < 0:

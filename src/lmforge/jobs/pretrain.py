@@ -9,18 +9,23 @@ from lmforge.config import RunConfig
 from lmforge.config.load import resume_config
 from lmforge.data.sources import open_data
 from lmforge.errors import ConfigError, DataError
-from lmforge.jobs.session import newest_checkpoint, train
+from lmforge.jobs.run_control import check_new_run_dir, main_rank_lock, newest_checkpoint
+from lmforge.jobs.session import train
 from lmforge.rundir import layout
-from lmforge.rundir.files import check_output_dir
 from lmforge.rundir.load import read_run_config
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.distributed import launched_rank
 
 
 def pretrain(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Train a new model from cfg into run directory `out`."""
+    """Train a new model from cfg into run directory `out` (locked while it trains)."""
+    with main_rank_lock(out, "lmforge pretrain"):
+        return _pretrain(cfg, out, overwrite)
+
+
+def _pretrain(cfg: RunConfig, out: Path, overwrite: bool) -> dict[str, Any]:
     if launched_rank() == 0:
-        check_output_dir(out, overwrite)
+        check_new_run_dir(out, overwrite)
     shards, _ = open_data(cfg)
     if cfg.model.vocab_size == 0:
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=shards.vocab_size))
@@ -35,7 +40,13 @@ def pretrain(cfg: RunConfig, out: Path, overwrite: bool = False) -> dict[str, An
 
 
 def resume(run_dir: Path, sets: list[str]) -> dict[str, Any]:
-    """Continue a run from its newest checkpoint, exactly; `sets` may change train.* and data.*."""
+    """Continue a run from its newest checkpoint, exactly (or start over a run stopped before
+    its first checkpoint); `sets` may change train.* and data.*."""
+    with main_rank_lock(run_dir, "lmforge pretrain --resume"):
+        return _resume(run_dir, sets)
+
+
+def _resume(run_dir: Path, sets: list[str]) -> dict[str, Any]:
     cfg = resume_config(read_run_config(run_dir), sets)
     run_tokenizer = Tokenizer.load(run_dir / layout.TOKENIZER_FILE)
     _, data_tokenizer = open_data(cfg)

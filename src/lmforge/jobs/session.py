@@ -10,6 +10,7 @@ from exactly, at any number of processes.
 
 import logging
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from lmforge.config import RunConfig, to_dict
 from lmforge.data.batches import Batch
 from lmforge.data.sources import Sources, batch_sources, open_data
-from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.errors import ConfigError, Interrupted, LMForgeError
+from lmforge.jobs.run_control import StopSignals
 from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.load import build_model
@@ -95,16 +97,6 @@ def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
         f"train.objective={cfg.train.objective} is for `lmforge finetune classify`; pretrain "
         "with clm, mlm or mlm+nsp"
     )
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint --resume continues from; None when the run has no complete one."""
-    if not (run_dir / layout.CONFIG_FILE).is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {layout.CONFIG_FILE})")
-    checkpoints = ckpt.list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint to resume from")
-    return checkpoints[-1]
 
 
 def train(
@@ -400,6 +392,8 @@ def _train_here(
             load_optimizer_state(model, optimizer, path)
     _check_resumable(cfg, run_dir, trainer)
     if ctx.is_main:
+        if resume_from is None:  # a run started over: the records of its killed first attempt
+            (run_dir / layout.METRICS_FILE).unlink(missing_ok=True)
         ckpt.write_run_files(run_dir, cfg, tokenizer)
         if plan.run_files is not None:
             plan.run_files(run_dir)
@@ -414,10 +408,15 @@ def _train_here(
         verbose=ctx.is_main,
         sink=sink,
     )
+    signals = StopSignals(announce=ctx.is_main)
+    trainer.stop = signals.agreed
     try:
-        trainer.fit()
+        with signals.installed():
+            trainer.fit()
     finally:
         trainer.tracker.close()
+    if trainer.interrupted_at is not None:
+        raise Interrupted(signals.signum or signal.SIGTERM, trainer.interrupted_at)
     return _summary(cfg, run_dir, ctx, trainer)
 
 

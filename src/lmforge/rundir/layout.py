@@ -8,13 +8,16 @@ command that reads a model takes:
     model.safetensors      the newest weights (a classifier: its best epoch's)
     adapter.safetensors    LoRA adapters only, with adapter_config.json naming the base run
     metrics.jsonl, loss.png                  training and evaluation records, and their plot
-    trainer_state/state.pt, state.json       progress, optimizer and RNG state of the newest step
+    trainer_state/state.safetensors, state.json   progress, optimizer and RNG state, newest step
     checkpoints/step_NNNNNNN/                the last train.keep_last complete checkpoints
     best/                  the weights of the best evaluation (train.best_metric)
     labels.json · tasks.json · confusion_matrix.png    classifiers
     chat_template.jinja    the chat template (special_tokens.json: its bos/eos tokens); runs made
                            before hold chat_template.json, converted when loaded
     quantization.json + model.int8.safetensors · pruning.json · distillation.json   compressed
+
+Beside it, not in it, `.NAME.lock` marks the run directory NAME as being written (rundir/lock.py):
+--overwrite and staged writes replace the directory itself, never the lock.
 """
 
 CONFIG_FILE = "config.json"
@@ -27,7 +30,8 @@ LOSS_PLOT = "loss.png"
 NEAR_DUPLICATES_SAMPLE = "near_duplicates.jsonl"  # prepare --near-dedup: removed examples
 LOGGER_DIR = "logs"  # train.logger's files: logs/tensorboard (event files), logs/wandb
 STATE_DIR = "trainer_state"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"  # tensors, and the rest as JSON in its header metadata
+LEGACY_STATE_FILE = "state.pt"  # runs made before: still resumed (weights_only=True)
 STATE_JSON = "state.json"
 OPTIMIZER_DIR = "optimizer"
 CHECKPOINTS_DIR = "checkpoints"
@@ -42,6 +46,11 @@ QUANTIZATION_FILE = "quantization.json"
 QUANTIZED_WEIGHTS = "model.int8.safetensors"
 PRUNING_FILE = "pruning.json"
 DISTILLATION_FILE = "distillation.json"  # a distilled student's teacher, T and alpha
+
+
+def lock_name(run_name: str) -> str:
+    """The lock file beside run directory run_name: `.run_name.lock`."""
+    return f".{run_name}.lock"
 
 
 def checkpoint_name(step: int) -> str:

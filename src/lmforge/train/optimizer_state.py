@@ -6,6 +6,7 @@ slice they hold. Loading reshards: a run saved by 2 FSDP ranks resumes on 1 proc
 under DDP. No pickle is involved: hyperparameters (lr, betas, ...) come from the config.
 """
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lmforge.errors import CheckpointError
+from lmforge.rundir.files import writing
+from lmforge.rundir.layout import STATE_DIR
 
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -32,13 +35,29 @@ def _tensor_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 
 def save_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Every rank writes its shards into path (a collective under torchrun; path must exist)."""
+    """Every rank writes its shards into path (a collective under torchrun; path must exist).
+
+    Only safetensors files are written (save_distributed without consolidation writes no
+    metadata file, so no pickle). A full disk or an I/O error is a DiskError; the checkpoint
+    being staged (path's checkpoints/step_N.tmp) is removed, the previous one stays whole."""
     flat = _tensor_state(model, optimizer)
     tensors = {k: v for k, v in flat.items() if isinstance(v, torch.Tensor)}
     writer = HuggingFaceStorageWriter(str(path), save_distributed=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.save(tensors, storage_writer=writer)
+    try:
+        with writing(path), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(tensors, storage_writer=writer)
+    except BaseException:
+        shutil.rmtree(_staging_root(path), ignore_errors=True)
+        raise
+
+
+def _staging_root(path: Path) -> Path:
+    """checkpoints/step_N.tmp for path = step_N.tmp/trainer_state/optimizer; else path."""
+    staging = path.parent.parent
+    if path.parent.name == STATE_DIR and staging.name.endswith(".tmp"):
+        return staging
+    return path
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lmforge.plots import plot_loss_curves
-from lmforge.rundir.files import write_text_atomic
+from lmforge.rundir.files import append_text, write_text_atomic
 from lmforge.rundir.layout import LOSS_PLOT, METRICS_FILE
 from lmforge.train.loggers import MetricSink
 
@@ -74,8 +74,7 @@ class Tracker:
         self._remember(record)
         if self.run_dir is None:
             return
-        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / METRICS_FILE, json.dumps(record) + "\n")
         if self.sink is not None:
             self.sink.log(record)
         if "val_loss" in record:

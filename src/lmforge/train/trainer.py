@@ -101,6 +101,10 @@ class Trainer:
         self.tracker = tracker
         self.scaler = grad_scaler(self.device, cfg.dtype)  # fp16 only
         self._bad_in_a_row = 0
+        # asked at every step boundary whether to stop there (SIGTERM, Ctrl-C); every rank must
+        # answer alike (the session all-reduces the answer)
+        self.stop: Callable[[], bool] | None = None
+        self.interrupted_at: int | None = None  # the step a stop left the loop at
 
     def fit(self, stop_at: int | None = None) -> TrainerState:
         """Train until cfg.max_steps (or stop_at, as if interrupted there); returns the state."""
@@ -136,13 +140,16 @@ class Trainer:
                         "tokens_seen": state.tokens_seen,
                     }
                 )
-            self._after_step(tracker)
+            is_best, saved = self._after_step(tracker)
+            if self._stop_here(is_best, saved):
+                break
             clock = time.perf_counter()  # eval and checkpoint time is not training throughput
         if self.tracker is None:
             tracker.close()
         return state
 
-    def _after_step(self, tracker: Tracker) -> None:
+    def _after_step(self, tracker: Tracker) -> tuple[bool, bool]:
+        """Evaluate and checkpoint when due; (this step is the best so far, a checkpoint saved)."""
         step, cfg = self.state.step, self.cfg
         is_best = False
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
@@ -153,6 +160,21 @@ class Trainer:
             or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
         ):
             self.save(self.state_dict(), is_best)
+            return is_best, True
+        return is_best, False
+
+    def _stop_here(self, is_best: bool, saved: bool) -> bool:
+        """A stop asked from outside (self.stop): checkpoint this step unless it just was, note
+        it in interrupted_at, and leave the loop. Not asked once the run is over anyway."""
+        state = self.state
+        if self.stop is None or state.step >= self.cfg.max_steps or state.stopped_early:
+            return False
+        if not self.stop():
+            return False
+        if self.save and not saved:
+            self.save(self.state_dict(), is_best)
+        self.interrupted_at = state.step
+        return True
 
     def _step(self, step: int) -> tuple[float, float, int]:
         """One optimizer step over grad_accum micro-batches; returns (loss, grad norm, tokens)."""
