@@ -11,6 +11,7 @@ string per turn; `legacy_template` turns that record into the Jinja template tha
 same text.
 """
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(source: str) -> jinja2.Template:
+    """The template compiled once per source text (compiling costs far more than rendering)."""
+    return _environment().from_string(source)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatTemplate:
     """A Jinja chat template with the special tokens it may name."""
@@ -74,7 +81,7 @@ class ChatTemplate:
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
         """The conversation as the model reads it."""
         try:
-            template = _environment().from_string(self.source)
+            template = _compiled(self.source)
             return template.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
