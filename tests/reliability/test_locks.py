@@ -16,22 +16,16 @@ from lmforge.errors import RunInUse
 from lmforge.jobs.run_control import main_rank_lock
 from lmforge.rundir.lock import lock_path, run_lock
 
-SETS = [
-    *("--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32"),
-    *("--set", "model.block_size=32", "--set", "train.batch_size=4"),
-    *("--set", "train.eval_batches=2", "--set", "train.warmup_steps=2"),
-    *("--set", "train.progress=false", "--set", "train.dtype=float32"),
-]
+from .conftest import TINY_SETS, prepare_toy_corpus
+
+SETS = TINY_SETS
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A corpus, its prepared data and a 10-step base run (to fine-tune)."""
     root = tmp_path_factory.mktemp("locks")
-    lines = [f"Paragraph {i}: the cat sat on the mat number {i % 7}." for i in range(300)]
-    (root / "corpus.txt").write_text("\n\n".join(lines), encoding="utf-8")
-    argv = ["prepare", "--input", str(root / "corpus.txt"), "--out", str(root / "data")]
-    assert main([*argv, "--vocab-size", "300", "--workers", "1"]) == 0
+    prepare_toy_corpus(root)
     argv = ["pretrain", "--data", str(root / "data"), "--out", str(root / "base"), *SETS]
     assert main([*argv, "--set", "train.max_steps=10", "--set", "train.eval_interval=10"]) == 0
     return root

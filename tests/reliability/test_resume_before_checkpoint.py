@@ -12,11 +12,10 @@ from safetensors.torch import load_file
 
 from lmforge.cli.main import main
 
+from .conftest import TINY_SETS, prepare_toy_corpus
+
 SETS = [
-    *("--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32"),
-    *("--set", "model.block_size=32", "--set", "train.batch_size=4"),
-    *("--set", "train.eval_batches=2", "--set", "train.warmup_steps=2"),
-    *("--set", "train.progress=false", "--set", "train.dtype=float32"),
+    *TINY_SETS,
     *("--set", "train.max_steps=12", "--set", "train.eval_interval=6"),
     *("--set", "train.checkpoint_interval=6"),
 ]
@@ -26,10 +25,7 @@ SETS = [
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared data and a fresh, uninterrupted 12-step run of SETS."""
     root = tmp_path_factory.mktemp("restart")
-    lines = [f"Paragraph {i}: the cat sat on the mat number {i % 7}." for i in range(300)]
-    (root / "corpus.txt").write_text("\n\n".join(lines), encoding="utf-8")
-    argv = ["prepare", "--input", str(root / "corpus.txt"), "--out", str(root / "data")]
-    assert main([*argv, "--vocab-size", "300", "--workers", "1"]) == 0
+    prepare_toy_corpus(root)
     assert (
         main(["pretrain", "--data", str(root / "data"), "--out", str(root / "fresh"), *SETS]) == 0
     )
