@@ -28,6 +28,8 @@ from .kill_harness import (
 
 PROFILE = os.environ.get("LMFORGE_KILLS", "short")
 KILLS = {"short": 2, "long": 30}.get(PROFILE) or int(PROFILE)
+# each kill costs a killed run and a resumed one: the long profile outlives the suite's timeout
+pytestmark = pytest.mark.timeout(300 + 60 * KILLS)
 
 PRETRAIN_SETS = [
     *("--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32"),
@@ -104,7 +106,10 @@ def _kill_and_recover(
 def test_pretrain_killed_anywhere_resumes_bit_identical(work: Path) -> None:
     longest = float((work / "pretrain_seconds").read_text())
     final = work / "reference" / "run" / "model.safetensors"
-    for i, point in enumerate(kill_points(KILLS, seed=1, longest=longest)):
+    points = kill_points(KILLS, seed=1, longest=longest)
+    # right after the run's config.json: it must never exist without the tokenizer beside it
+    points[-1] = KillPoint(target="lmforge.rundir.checkpoint.write_text_atomic", nth=1)
+    for i, point in enumerate(points):
         out = work / f"pretrain-{i}"
         resume = ["pretrain", "--resume", str(out)]
         print(_kill_and_recover(_pretrain_argv(work, out), resume, out, work, point, final))

@@ -171,10 +171,12 @@ def _stage_mirror(
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None:
-    """The files that describe a run: resolved config.json and tokenizer.json."""
+    """The files that describe a run: tokenizer.json, then the resolved config.json. config.json
+    marks a run directory (what --resume reads), so it comes last: a run killed between the two
+    has no config.json and is not taken for a run (found by the kill harness)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2))
     tokenizer.save(run_dir / TOKENIZER_FILE)
+    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2))
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
