@@ -8,6 +8,7 @@ from lmforge.config.load import (
     read_config_file,
     to_dict,
 )
+from lmforge.config.sampling import SamplingConfig
 from lmforge.config.schema import (
     OBJECTIVES,
     DataConfig,
@@ -16,7 +17,6 @@ from lmforge.config.schema import (
     LoRAConfig,
     ModelConfig,
     RunConfig,
-    SamplingConfig,
     TrainConfig,
     higher_is_better,
     param,

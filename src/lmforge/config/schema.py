@@ -39,7 +39,7 @@ def param(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
@@ -55,19 +55,19 @@ def _check_rope_scaling(scaling: dict[str, Any] | None, pos_emb: str) -> None:
     """model.rope_scaling: None, or a known rope_type with every number it needs."""
     if scaling is None:
         return
-    _require(pos_emb == "rope", "model.rope_scaling needs model.pos_emb=rope")
+    require(pos_emb == "rope", "model.rope_scaling needs model.pos_emb=rope")
     kind = scaling.get("rope_type", scaling.get("type"))
-    _require(
+    require(
         kind in ROPE_SCALING_KEYS,
         f"model.rope_scaling: unsupported rope_type {kind!r}; use {list(ROPE_SCALING_KEYS)}",
     )
     for key in ROPE_SCALING_KEYS[kind]:
         value = scaling.get(key)
-        _require(
+        require(
             isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
             f"model.rope_scaling.{key} must be a positive number (rope_type {kind})",
         )
-    _require(
+    require(
         scaling["high_freq_factor"] > scaling["low_freq_factor"],
         "model.rope_scaling: high_freq_factor must exceed low_freq_factor",
     )
@@ -76,11 +76,11 @@ def _check_rope_scaling(scaling: dict[str, Any] | None, pos_emb: str) -> None:
 def _check_schedule(name: str, schedule: tuple[tuple[int, int], ...]) -> None:
     """[[step, value], ...]: steps >= 0 and strictly increasing, values positive."""
     steps = [step for step, _ in schedule]
-    _require(
+    require(
         all(step >= 0 for step in steps) and steps == sorted(set(steps)),
         f"{name}: the steps must be >= 0 and increasing, e.g. [[0, 64], [500, 256]]",
     )
-    _require(all(value > 0 for _, value in schedule), f"{name}: every value must be positive")
+    require(all(value > 0 for _, value in schedule), f"{name}: every value must be positive")
 
 
 def scheduled(schedule: tuple[tuple[int, int], ...], step: int, default: int) -> int:
@@ -141,49 +141,49 @@ class ModelConfig:
     mlp_hidden: int = param(0, "hidden width of the MLP; 0 means 4 * n_embd")
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.arch in ("gpt", "bert"),
             f"model.arch: unknown architecture {self.arch!r}; use 'gpt' or 'bert'",
         )
-        _require(
+        require(
             self.arch != "bert" or self.pos_emb == "learned",
             "model.pos_emb: a bert uses learned positions; set model.pos_emb=learned",
         )
-        _require(self.type_vocab_size >= 0, "model.type_vocab_size must be >= 0")
-        _require(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = take it from the data)")
+        require(self.type_vocab_size >= 0, "model.type_vocab_size must be >= 0")
+        require(self.vocab_size >= 0, "model.vocab_size must be >= 0 (0 = take it from the data)")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            _require(getattr(self, name) > 0, f"model.{name} must be a positive integer")
-        _require(self.head_size >= 0, "model.head_size must be >= 0 (0 = n_embd / n_head)")
-        _require(self.mlp_hidden >= 0, "model.mlp_hidden must be >= 0 (0 = 4 * n_embd)")
-        _require(
+            require(getattr(self, name) > 0, f"model.{name} must be a positive integer")
+        require(self.head_size >= 0, "model.head_size must be >= 0 (0 = n_embd / n_head)")
+        require(self.mlp_hidden >= 0, "model.mlp_hidden must be >= 0 (0 = 4 * n_embd)")
+        require(
             self.head_size > 0 or self.n_embd % self.n_head == 0,
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
             f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}",
         )
-        _require(self.n_kv_head >= 0, "model.n_kv_head must be >= 0 (0 = n_head)")
-        _require(
+        require(self.n_kv_head >= 0, "model.n_kv_head must be >= 0 (0 = n_head)")
+        require(
             self.n_head % self.kv_heads == 0,
             f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})",
         )
-        _require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _require(
+        require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        require(
             self.pos_emb in POSITION_ENCODINGS,
             f"model.pos_emb must be one of {', '.join(POSITION_ENCODINGS)}",
         )
-        _require(
+        require(
             self.pos_emb != "sincos" or self.n_embd % 2 == 0,
             f"model.pos_emb=sincos needs an even model.n_embd (sin/cos pairs), got {self.n_embd}",
         )
-        _require(
+        require(
             self.pos_emb != "rope" or self.head_dim % 2 == 0,
             f"model.pos_emb=rope needs an even head size, got n_embd/n_head = {self.head_dim}",
         )
-        _require(
+        require(
             self.activation in ACTIVATIONS,
             f"model.activation must be one of {', '.join(ACTIVATIONS)}",
         )
-        _require(self.norm in ("layernorm", "rmsnorm"), "model.norm must be layernorm or rmsnorm")
-        _require(
+        require(self.norm in ("layernorm", "rmsnorm"), "model.norm must be layernorm or rmsnorm")
+        require(
             self.arch != "bert"
             or (
                 self.norm == "layernorm"
@@ -193,7 +193,7 @@ class ModelConfig:
             "a bert uses layernorm, a GELU MLP and no qk_norm",
         )
         _check_rope_scaling(self.rope_scaling, self.pos_emb)
-        _require(self.ln_eps > 0 and self.init_std > 0, "model.ln_eps and init_std must be > 0")
+        require(self.ln_eps > 0 and self.init_std > 0, "model.ln_eps and init_std must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -302,18 +302,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
-            _require(getattr(self, name) > 0, f"train.{name} must be a positive integer")
+            require(getattr(self, name) > 0, f"train.{name} must be a positive integer")
         for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "max_bad_steps"):
-            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0")
-        _require(self.keep_last >= 1, "train.keep_last must be >= 1")
-        _require(
+            require(getattr(self, name) >= 0, f"train.{name} must be >= 0")
+        require(self.keep_last >= 1, "train.keep_last must be >= 1")
+        require(
             self.spike_guard == 0 or self.spike_guard > 1,
             f"train.spike_guard must be 0 (off) or > 1 (a multiple of the mean loss); "
             f"got {self.spike_guard}",
         )
-        _require(self.spike_window >= 1, "train.spike_window must be >= 1")
-        _require(self.lr > 0, "train.lr must be > 0")
-        _require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}]")
+        require(self.spike_window >= 1, "train.spike_window must be >= 1")
+        require(self.lr > 0, "train.lr must be > 0")
+        require(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}]")
         if self.warmup_steps > self.max_steps:  # a short trial run of a long recipe
             log.warning(
                 "train.warmup_steps (%d) is longer than the run: clamped to train.max_steps (%d)",
@@ -321,42 +321,42 @@ class TrainConfig:
                 self.max_steps,
             )
             object.__setattr__(self, "warmup_steps", self.max_steps)  # frozen: set once, here
-        _require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay, grad_clip >= 0")
-        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
-        _require(self.eps > 0, "train.eps must be > 0")
-        _require(
+        require(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay, grad_clip >= 0")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0,1)")
+        require(self.eps > 0, "train.eps must be > 0")
+        require(
             self.dtype in ("float32", "bfloat16", "float16", "auto"),
             "train.dtype must be float32, bfloat16, float16 or auto",
         )
-        _require(
+        require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"train.device: unknown device {self.device!r}; use auto, cpu or cuda",
         )
-        _require(
+        require(
             self.objective in OBJECTIVES,
             f"train.objective: unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}",
         )
-        _require(
+        require(
             self.schedule in ("cosine", "linear", "wsd"),
             "train.schedule must be cosine, linear or wsd",
         )
-        _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction must be in (0, 1]")
-        _require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
-        _require(self.optimizer in ("adamw", "muon"), "train.optimizer must be adamw or muon")
-        _require(self.muon_lr > 0, "train.muon_lr must be > 0")
-        _require(
+        require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction must be in (0, 1]")
+        require(self.patience >= 0, "train.patience must be >= 0 (0 never stops early)")
+        require(self.optimizer in ("adamw", "muon"), "train.optimizer must be adamw or muon")
+        require(self.muon_lr > 0, "train.muon_lr must be > 0")
+        require(
             self.muon_dtype in ("auto", "float32", "bfloat16"),
             "train.muon_dtype must be auto, float32 or bfloat16",
         )
-        _require(0 <= self.muon_momentum < 1, "train.muon_momentum must be in [0, 1)")
+        require(0 <= self.muon_momentum < 1, "train.muon_momentum must be in [0, 1)")
         _check_schedule("train.seq_len_schedule", self.seq_len_schedule)
         _check_schedule("train.batch_size_schedule", self.batch_size_schedule)
-        _require(
+        require(
             self.logger in ("none", "tensorboard", "wandb"),
             f"train.logger: unknown logger {self.logger!r}; use none, tensorboard or wandb",
         )
         known = OBJECTIVES[self.objective]
-        _require(
+        require(
             self.best_metric in known,
             f"train.best_metric: {self.best_metric!r} is not reported for objective "
             f"{self.objective}; use one of {', '.join(known)}",
@@ -385,7 +385,7 @@ class DistConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.strategy in ("none", "ddp", "fsdp"),
             f"dist.strategy: unknown strategy {self.strategy!r}; use none, ddp or fsdp",
         )
@@ -434,19 +434,19 @@ class FinetuneConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.epochs > 0, "finetune.epochs must be > 0")
-        _require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
-        _require(self.task_temperature > 0, "finetune.task_temperature must be > 0")
-        _require(0 <= self.label_smoothing < 1, "finetune.label_smoothing must be in [0, 1)")
-        _require(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction must be in [0, 1)")
-        _require(
+        require(self.epochs > 0, "finetune.epochs must be > 0")
+        require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
+        require(self.task_temperature > 0, "finetune.task_temperature must be > 0")
+        require(0 <= self.label_smoothing < 1, "finetune.label_smoothing must be in [0, 1)")
+        require(0 <= self.warmup_fraction < 1, "finetune.warmup_fraction must be in [0, 1)")
+        require(
             self.class_weights in ("none", "balanced"),
             f"finetune.class_weights: unknown value {self.class_weights!r}; use none or balanced",
         )
-        _require(0 <= self.dropout < 1, "finetune.dropout must be in [0, 1)")
-        _require(self.pretrain_steps >= 0, "finetune.pretrain_steps must be >= 0")
-        _require(self.pretrain_lr > 0, "finetune.pretrain_lr must be > 0")
-        _require(
+        require(0 <= self.dropout < 1, "finetune.dropout must be in [0, 1)")
+        require(self.pretrain_steps >= 0, "finetune.pretrain_steps must be >= 0")
+        require(self.pretrain_lr > 0, "finetune.pretrain_lr must be > 0")
+        require(
             self.pooling in ("auto", "cls", "mean", "last"),
             f"finetune.pooling: unknown value {self.pooling!r}; use auto, cls, mean or last",
         )
@@ -466,10 +466,10 @@ class LoRAConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.r >= 0, "lora.r must be >= 0 (0 = no adapters)")
-        _require(self.alpha > 0, "lora.alpha must be > 0")
-        _require(0 <= self.dropout < 1, "lora.dropout must be in [0, 1)")
-        _require(bool(self.target_list), "lora.targets must name at least one layer")
+        require(self.r >= 0, "lora.r must be >= 0 (0 = no adapters)")
+        require(self.alpha > 0, "lora.alpha must be > 0")
+        require(0 <= self.dropout < 1, "lora.dropout must be in [0, 1)")
+        require(bool(self.target_list), "lora.targets must name at least one layer")
 
     @property
     def target_list(self) -> list[str]:
@@ -490,83 +490,19 @@ class RunConfig:
     def __post_init__(self) -> None:
         # clm on a bert stays readable (imported BERTs carry the default train section);
         # `lmforge pretrain` refuses to train it
-        _require(
+        require(
             not self.train.objective.startswith("mlm") or self.model.arch == "bert",
             f"train.objective={self.train.objective} pretrains a BERT encoder; set "
             "model.arch=bert (see configs/bert-mini.yaml) or train.objective=clm",
         )
-        _require(
+        require(
             self.train.optimizer != "muon" or self.dist.strategy != "fsdp",
             "train.optimizer=muon orthogonalises whole matrices, which FSDP shards; use "
             "dist.strategy=ddp or train.optimizer=adamw",
         )
         longest = max((length for _, length in self.train.seq_len_schedule), default=0)
-        _require(
+        require(
             longest <= self.model.block_size,
             f"train.seq_len_schedule: a length of {longest} exceeds model.block_size "
             f"({self.model.block_size}); the model has positions for block_size tokens",
         )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SamplingConfig:
-    """How to pick each generated token: sampling or greedy (beams=1), or beam search.
-
-    Beam search is deterministic, so beams > 1 refuses the sampling settings (temperature > 0,
-    top_k, top_p) instead of silently ignoring them: use temperature=0 with beams.
-    """
-
-    max_new_tokens: int = param(200, "tokens to generate at most")
-    min_new_tokens: int = param(0, "<|endoftext|> cannot end a text before this many new tokens")
-    temperature: float = param(0.8, "softmax temperature; 0 is greedy (argmax)")
-    top_k: int = param(0, "sample among the k most likely tokens; 0 disables")
-    top_p: float = param(1.0, "sample from the smallest set with this much probability; 1 disables")
-    repetition_penalty: float = param(
-        1.0,
-        "> 1 discourages tokens already in the text, prompt included (CTRL: positive logits "
-        "divided by it, negative ones multiplied); 1 disables, 1.2 is typical",
-    )
-    no_repeat_ngram_size: int = param(
-        0, "never produce a run of this many tokens already in the text; 0 disables"
-    )
-    beams: int = param(
-        1,
-        "beam search with this many beams; deterministic, so temperature must be 0 and top_k, "
-        "top_p off; the best beam comes whole at the end. 1 samples",
-    )
-    length_penalty: float = param(
-        1.0, "beam score = sum of log-probs / length ** this; > 0 favours longer texts, < 0 shorter"
-    )
-    early_stopping: bool = param(
-        False, "end beam search once `beams` texts are finished, not once none can improve"
-    )
-    seed: int | None = param(None, "seed for reproducible sampling")
-
-    def __post_init__(self) -> None:
-        _require(self.max_new_tokens >= 0, "--max-new-tokens must be >= 0")
-        _require(
-            0 <= self.min_new_tokens <= self.max_new_tokens,
-            f"--min-new-tokens must be in [0, --max-new-tokens={self.max_new_tokens}]",
-        )
-        _require(
-            0 <= self.temperature < float("inf"),
-            "--temperature must be a finite number >= 0 (0 is greedy)",
-        )
-        _require(
-            self.seed is None or 0 <= self.seed < 2**63,
-            f"--seed must be in [0, 2**63), got {self.seed}",
-        )
-        _require(self.top_k >= 0, "--top-k must be >= 0 (0 disables top-k)")
-        _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
-        _require(
-            0 < self.repetition_penalty < float("inf"),
-            "--repetition-penalty must be a finite number > 0 (1 disables it)",
-        )
-        _require(self.no_repeat_ngram_size >= 0, "--no-repeat-ngram-size must be >= 0 (0 disables)")
-        _require(self.beams >= 1, "--beams must be >= 1 (1 disables beam search)")
-        _require(
-            self.beams == 1 or (self.temperature == 0 and self.top_k == 0 and self.top_p == 1),
-            f"--beams {self.beams} searches deterministically and does not sample: drop "
-            "--temperature/--top-k/--top-p (or set --temperature 0), or use --beams 1 to sample",
-        )
-        _require(abs(self.length_penalty) < float("inf"), "--length-penalty must be finite")
