@@ -139,6 +139,10 @@ class ModelConfig:
         0, "width of one attention head; 0 means n_embd / n_head (pruned heads keep their width)"
     )
     mlp_hidden: int = param(0, "hidden width of the MLP; 0 means 4 * n_embd")
+    ngram_buckets: int = param(
+        0, "a bert's hashed n-gram embeddings: buckets per order 2..ngram_n (fastText); 0 = off"
+    )
+    ngram_n: int = param(3, "longest n-gram that model.ngram_buckets embeds (2 to 5)")
 
     def __post_init__(self) -> None:
         require(
@@ -193,6 +197,12 @@ class ModelConfig:
             "a bert uses layernorm, a GELU MLP and no qk_norm",
         )
         _check_rope_scaling(self.rope_scaling, self.pos_emb)
+        require(self.ngram_buckets >= 0, "model.ngram_buckets must be >= 0 (0 = off)")
+        require(2 <= self.ngram_n <= 5, "model.ngram_n must be between 2 and 5")
+        require(
+            self.ngram_buckets == 0 or self.arch == "bert",
+            "model.ngram_buckets needs model.arch=bert (a GPT's cached decoding sees one token)",
+        )
         require(self.ln_eps > 0 and self.init_std > 0, "model.ln_eps and init_std must be > 0")
 
     @property

@@ -277,6 +277,11 @@ def _neox_config(hf: dict[str, Any]) -> ModelConfig:
 def export_model_type(cfg: ModelConfig) -> str:
     """Which Hugging Face architecture holds our model exactly (refusing what none holds)."""
     if cfg.arch == "bert":
+        if cfg.ngram_buckets:
+            raise CheckpointError(
+                "cannot export model.ngram_buckets: BertModel has no hashed n-gram embeddings; "
+                "use the run with lmforge (predict, evaluate, serve)"
+            )
         if cfg.attn_width != cfg.n_embd:
             raise CheckpointError(
                 f"cannot export a BERT with pruned heads (attention width {cfg.attn_width}, "

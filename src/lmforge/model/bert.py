@@ -12,7 +12,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, padding_mask
-from lmforge.model.layers import MLP, init_weights, layer_norm, run_block
+from lmforge.model.layers import MLP, NgramEmbedding, init_weights, layer_norm, run_block
 
 
 class EncoderBlock(nn.Module):
@@ -47,6 +47,7 @@ class BERT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         types = cfg.type_vocab_size
         self.type_emb = nn.Embedding(types, cfg.n_embd) if types else None
+        self.ngram_emb = NgramEmbedding(cfg) if cfg.ngram_buckets else None
         self.emb_ln = layer_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
@@ -76,6 +77,8 @@ class BERT(nn.Module):
         if self.type_emb is not None:
             types = token_types if token_types is not None else torch.zeros_like(idx)
             x = x + self.type_emb(types)
+        if self.ngram_emb is not None:
+            x = x + self.ngram_emb(idx)
         x = self.drop(self.emb_ln(x))
         mask = None
         if attention_mask is not None:
@@ -115,6 +118,6 @@ class BERT(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N (matmuls) + 12·n_layer·n_embd·block_size (attention)."""
         n = self.num_params(exclude_position_embedding=True)
-        if self.type_emb is not None:
-            n -= self.type_emb.weight.numel()
+        for lookup in (self.type_emb, self.ngram_emb):
+            n -= 0 if lookup is None else sum(p.numel() for p in lookup.parameters())
         return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size

@@ -57,6 +57,41 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))
 
 
+class NgramEmbedding(nn.Module):
+    """Hashed n-gram embeddings (fastText, Joulin et al. 2017), added to the token embedding.
+
+    For each order n in 2..N, the n tokens ending at position t hash into one of B buckets,
+        h_n(t) = (Σ_{k<n} (x_{t-k} + 1) · p_{n,k}) mod B,   e_t += E_n[h_n(t)],
+    with x before the start read as -1 (so a sequence's first tokens have n-grams of their own)
+    and fixed large primes p. Only tokens at or before t take part: right padding cannot
+    change a real position. Collisions share a vector, which the hashing trick accepts.
+    """
+
+    PRIMES = (1_000_003, 998_244_353, 19_260_817, 2_147_483_647, 1_400_305_337)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.buckets = cfg.ngram_buckets
+        self.orders = range(2, cfg.ngram_n + 1)
+        self.tables = nn.ModuleList(nn.Embedding(self.buckets, cfg.n_embd) for _ in self.orders)
+
+    def bucket_ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        """h_n(t) for every position of idx (B, T): bucket ids (B, T)."""
+        shifted = F.pad(idx + 1, (n - 1, 0))  # 0 marks "before the start"
+        T = idx.shape[1]
+        h = torch.zeros_like(idx)
+        for k in range(n):
+            window = shifted[:, n - 1 - k : n - 1 - k + T]  # x_{t-k} + 1
+            h = (h + window * self.PRIMES[k]) % self.buckets
+        return h
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return sum(
+            table(self.bucket_ids(idx, n))
+            for n, table in zip(self.orders, self.tables, strict=True)
+        )
+
+
 def sinusoidal_positions(max_positions: int, width: int, base: float = 10000.0) -> torch.Tensor:
     """The original Transformer's fixed position encodings (Vaswani et al. 2017, §3.5), (T, C):
 
