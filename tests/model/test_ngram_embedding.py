@@ -2,11 +2,18 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from tests.train.test_sessions import BASE_SETS
 
+from lmforge.config import load_config
 from lmforge.config.schema import ModelConfig
 from lmforge.errors import CheckpointError, LMForgeError
 from lmforge.interop.hf_config import export_model_type
+from lmforge.jobs import finetune
+from lmforge.jobs.prepare import PrepareOptions, prepare
+from lmforge.jobs.pretrain import pretrain
 from lmforge.model.bert import BERT
+from lmforge.rundir import layout
 
 
 def tiny(**overrides: object) -> ModelConfig:
@@ -83,3 +90,53 @@ def test_invalid_settings_are_refused(overrides: dict) -> None:
 def test_export_refuses_what_bert_model_cannot_hold() -> None:
     with pytest.raises(CheckpointError, match="ngram_buckets"):
         export_model_type(tiny(ngram_buckets=8))
+
+
+def test_a_pretrained_ngram_base_reaches_the_classifier_and_trains(tmp_path) -> None:
+    """pretrain -> finetune classify: the n-gram tables are saved, loaded into the classifier's
+    body (not re-initialised) and updated by fine-tuning."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Day {i} was mild. People walked." for i in range(120)))
+    prepare(
+        PrepareOptions(
+            inputs=[str(corpus)],
+            out=tmp_path / "data",
+            tokenizer="wordpiece",
+            vocab_size=200,
+            documents="paragraph",
+        )
+    )
+    sets = [
+        *BASE_SETS,
+        f"data.dir={tmp_path / 'data'}",
+        "model.arch=bert",
+        "train.objective=mlm",
+        "model.ngram_buckets=64",
+    ]
+    pretrain(load_config(None, sets), tmp_path / "base")
+    table = tmp_path / "train.tsv"
+    table.write_text(
+        "sentence\tlabel\n"
+        + "".join(f"day {i} was {'warm' if i % 2 else 'cold'}\t{i % 2}\n" for i in range(32))
+    )
+    flags = {"train_file": str(table), "valid_file": str(table)}
+    cfg = finetune.resolve(
+        "classify",
+        tmp_path / "base",
+        None,
+        ["train.progress=false", "train.batch_size=8", "finetune.epochs=1"],
+        flags,
+    )
+    finetune.finetune_classify(cfg, tmp_path / "clf")
+    key = "ngram_emb.tables.0.weight"
+    base = load_file(str(tmp_path / "base" / layout.MODEL_FILE))[key]
+    tuned = {
+        k: v
+        for k, v in load_file(str(tmp_path / "clf" / layout.MODEL_FILE)).items()
+        if k.endswith(key)
+    }
+    assert base.shape == (64, 32)
+    assert len(tuned) == 1
+    tuned_table = next(iter(tuned.values()))
+    assert not tuned_table.equal(base)  # fine-tuning moved it
+    assert (tuned_table - base).abs().max() < 0.05  # from the base's values, not a fresh draw

@@ -61,7 +61,7 @@ class NgramEmbedding(nn.Module):
     """Hashed n-gram embeddings (fastText, Joulin et al. 2017), added to the token embedding.
 
     For each order n in 2..N, the n tokens ending at position t hash into one of B buckets,
-        h_n(t) = (Σ_{k<n} (x_{t-k} + 1) · p_{n,k}) mod B,   e_t += E_n[h_n(t)],
+        h_n(t) = (Σ_{k<n} (x_{t-k} + 1) · p_k) mod B,   e_t += E_n[h_n(t)],
     with x before the start read as -1 (so a sequence's first tokens have n-grams of their own)
     and fixed large primes p. Only tokens at or before t take part: right padding cannot
     change a real position. Collisions share a vector, which the hashing trick accepts.
