@@ -253,6 +253,31 @@ def test_epoch_batches_depend_on_seed_epoch_and_step_only() -> None:
     assert len(small(0, 0).inputs) == 3
 
 
+def test_length_grouping_pads_less_and_keeps_every_epoch_a_full_shuffle() -> None:
+    encoded = _encoded(n=203, seed=3)
+    plain = EpochBatches(encoded, batch_size=8, seed=5)
+    grouped = EpochBatches(encoded, batch_size=8, seed=5, length_grouping=5)
+    E = grouped.batches_per_epoch
+
+    def padding(source: EpochBatches, epoch: int) -> int:
+        batches = [source(epoch * E + k, 0) for k in range(E)]
+        return sum(int((~b.attention_mask).sum()) for b in batches)
+
+    for epoch in range(3):
+        rows = [r for k in range(E) for r in _rows_of(grouped(epoch * E + k, 0))]
+        assert len(rows) == len(set(rows)) == E * 8  # every batch full, no row twice
+        assert padding(grouped, epoch) < padding(plain, epoch) / 2  # the switch does something
+    first = [_rows_of(grouped(k, 0)) for k in range(E)]
+    second = [_rows_of(grouped(E + k, 0)) for k in range(E)]
+    assert {tuple(sorted(b)) for b in first} != {tuple(sorted(b)) for b in second}
+    again = EpochBatches(encoded, batch_size=8, seed=5, length_grouping=5)
+    assert [_rows_of(again(s, 0)) for s in (40, 3)] == [_rows_of(grouped(s, 0)) for s in (40, 3)]
+    windows = [sorted(len(encoded.ids[r]) for r in b) for b in first]
+    assert windows != sorted(windows)  # batches are shuffled, not served shortest first
+    small = EpochBatches(_encoded(n=3), batch_size=5, seed=0, length_grouping=4)
+    assert sorted(_rows_of(small(0, 0))) == [0, 1, 2]
+
+
 def test_files_to_batches(tmp_path: Path, wordpiece: Tokenizer) -> None:
     rows = "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(TEXTS))
     train = read_examples(

@@ -143,6 +143,12 @@ class ModelConfig:
         0, "a bert's hashed n-gram embeddings: buckets per order 2..ngram_n (fastText); 0 = off"
     )
     ngram_n: int = param(3, "longest n-gram that model.ngram_buckets embeds (2 to 5)")
+    ngram_min_count: int = param(
+        0,
+        "0: hash the n-grams into model.ngram_buckets per order; N > 0: give each n-gram seen "
+        "at least N times in the pretraining text a row of its own (the most frequent "
+        "model.ngram_buckets of all orders), every other n-gram one shared row",
+    )
 
     def __post_init__(self) -> None:
         require(
@@ -199,6 +205,13 @@ class ModelConfig:
         _check_rope_scaling(self.rope_scaling, self.pos_emb)
         require(self.ngram_buckets >= 0, "model.ngram_buckets must be >= 0 (0 = off)")
         require(2 <= self.ngram_n <= 5, "model.ngram_n must be between 2 and 5")
+        require(self.ngram_min_count >= 0, "model.ngram_min_count must be >= 0 (0 = hashing)")
+        require(
+            not self.ngram_min_count
+            or (self.ngram_n + 1) * (self.vocab_size + 1) ** self.ngram_n < 2**63,
+            f"model.ngram_n={self.ngram_n} is too long for a vocabulary of {self.vocab_size} "
+            "with model.ngram_min_count (its n-gram codes overflow 64 bits); lower ngram_n",
+        )
         require(
             self.ngram_buckets == 0 or self.arch == "bert",
             "model.ngram_buckets needs model.arch=bert (a GPT's cached decoding sees one token)",
@@ -417,6 +430,11 @@ class FinetuneConfig:
         "none", "none, or balanced: weight each class's loss by n / (classes · count of class)"
     )
     dropout: float = param(0.1, "dropout before the classifier layer")
+    length_grouping: int = param(
+        50,
+        "classify: sort the examples of every N shuffled training batches by length, so a "
+        "batch holds similar lengths and pads little (faster steps); 0 = plain shuffle",
+    )
     pretrain_steps: int = param(
         0,
         "classify: first continue the base's own objective (MLM for a BERT, CLM for a GPT) on "
@@ -454,6 +472,7 @@ class FinetuneConfig:
             f"finetune.class_weights: unknown value {self.class_weights!r}; use none or balanced",
         )
         require(0 <= self.dropout < 1, "finetune.dropout must be in [0, 1)")
+        require(self.length_grouping >= 0, "finetune.length_grouping must be >= 0 (0 = off)")
         require(self.pretrain_steps >= 0, "finetune.pretrain_steps must be >= 0")
         require(self.pretrain_lr > 0, "finetune.pretrain_lr must be > 0")
         require(

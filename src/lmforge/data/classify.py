@@ -325,13 +325,23 @@ class EpochBatches:
     epoch's order is left out, so every batch has batch_size rows, and it differs per epoch.
     Depending only on (seed, step, micro), a resumed run sees the batches an uninterrupted one
     would.
+
+    With length_grouping = W > 1, each epoch's shuffled order is cut into windows of W batches;
+    a window's examples are sorted by length and cut into batches, and the batches of the whole
+    epoch are shuffled again. Batches then hold examples of similar length (little padding, so
+    a step costs less), while which examples meet in a window still changes every epoch.
     """
 
     def __init__(
-        self, encoded: EncodedExamples, batch_size: int, seed: int, grad_accum: int = 1
+        self,
+        encoded: EncodedExamples,
+        batch_size: int,
+        seed: int,
+        grad_accum: int = 1,
+        length_grouping: int = 0,
     ) -> None:
         self.encoded, self.batch_size, self.seed = encoded, batch_size, seed
-        self.grad_accum = grad_accum
+        self.grad_accum, self.length_grouping = grad_accum, length_grouping
         self.batches_per_epoch = max(1, len(encoded) // batch_size)
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) last used
 
@@ -340,11 +350,28 @@ class EpochBatches:
         return max(1, -(-round(epochs * self.batches_per_epoch) // self.grad_accum))
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The permutation of the examples that epoch reads."""
+        """The order in which that epoch reads the examples (batch k: rows k·B to (k+1)·B)."""
         if self._order is None or self._order[0] != epoch:
             generator = step_generator(self.seed, EPOCH_SEED_KEY, epoch)
-            self._order = (epoch, torch.randperm(len(self.encoded), generator=generator))
+            order = torch.randperm(len(self.encoded), generator=generator)
+            if self.length_grouping > 1 and len(order) >= self.batch_size:
+                order = self._grouped(order, generator)
+            self._order = (epoch, order)
         return self._order[1]
+
+    def _grouped(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """order with each window of length_grouping batches sorted by length, then whole
+        batches shuffled; the rows past the last full batch stay last (left out)."""
+        size = min(len(order), self.batches_per_epoch * self.batch_size)
+        lengths = torch.tensor([len(self.encoded.ids[i]) for i in order[:size].tolist()])
+        window = self.length_grouping * self.batch_size
+        pieces = []
+        for start in range(0, size, window):
+            rows = order[start : start + window]
+            pieces.append(rows[torch.sort(lengths[start : start + window], stable=True).indices])
+        batches = torch.cat(pieces).view(-1, self.batch_size)
+        shuffled = batches[torch.randperm(len(batches), generator=generator)]
+        return torch.cat([shuffled.flatten(), order[size:]])
 
     def __call__(self, step: int, micro: int) -> Batch:
         epoch, k = divmod(step * self.grad_accum + micro, self.batches_per_epoch)

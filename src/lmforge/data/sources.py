@@ -189,6 +189,7 @@ def batches_per_task(cfg: RunConfig, tasks: list[Task], steps: int) -> dict[str,
 def classification_sources(cfg: RunConfig, data: ClassificationData) -> Sources:
     """Shuffled epochs of the training examples and every validation example, in order."""
     size = cfg.train.batch_size
-    train = EpochBatches(data.train, size, cfg.train.seed, cfg.train.grad_accum)
+    grouping = cfg.finetune.length_grouping
+    train = EpochBatches(data.train, size, cfg.train.seed, cfg.train.grad_accum, grouping)
     valid = list(classification_batches(data.valid, size))
     return train, lambda: valid

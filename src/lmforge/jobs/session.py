@@ -23,6 +23,7 @@ from lmforge.config import RunConfig, to_dict
 from lmforge.data.batches import Batch
 from lmforge.data.sources import Sources, batch_sources, open_data
 from lmforge.errors import ConfigError, Interrupted, LMForgeError
+from lmforge.jobs.ngram_vocab import fit_ngram_vocabulary
 from lmforge.jobs.run_control import StopSignals
 from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
@@ -258,6 +259,8 @@ def _full_model(
     """The whole model, seeded, built as the plan says, with the resumed weights."""
     seed_everything(cfg.train.seed)
     model = plan.build() if plan.build is not None else build_model(cfg)
+    if plan.build is None and resume_from is None:
+        fit_ngram_vocabulary(model, cfg)  # a new model counts its n-grams (if it has any)
     model = model.to(device)
     if resume_from is not None:
         ckpt.load_weights(model, resume_from / ckpt.weights_name(model))

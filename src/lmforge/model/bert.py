@@ -12,7 +12,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import LMForgeError
 from lmforge.model.attention import Attention, padding_mask
-from lmforge.model.layers import MLP, NgramEmbedding, init_weights, layer_norm, run_block
+from lmforge.model.layers import MLP, init_weights, layer_norm, ngram_embedding, run_block
 
 
 class EncoderBlock(nn.Module):
@@ -47,7 +47,7 @@ class BERT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         types = cfg.type_vocab_size
         self.type_emb = nn.Embedding(types, cfg.n_embd) if types else None
-        self.ngram_emb = NgramEmbedding(cfg) if cfg.ngram_buckets else None
+        self.ngram_emb = ngram_embedding(cfg)
         self.emb_ln = layer_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))

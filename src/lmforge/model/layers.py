@@ -1,6 +1,7 @@
 """Building blocks shared by the models: normalisation, MLPs, rotary positions, initialisation."""
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -90,6 +91,74 @@ class NgramEmbedding(nn.Module):
             table(self.bucket_ids(idx, n))
             for n, table in zip(self.orders, self.tables, strict=True)
         )
+
+
+class CountedNgramEmbedding(nn.Module):
+    """N-gram embeddings with a vocabulary counted from the pretraining text, added to the token
+    embedding: the n-grams seen at least model.ngram_min_count times (the most frequent
+    model.ngram_buckets of them) get a row each; every other n-gram shares row 0, so a rare
+    n-gram neither collides with a frequent one nor gets a vector of its own to overfit.
+
+    Each n-gram of order n ending at t has an exact 64-bit code, its tokens read as digits of
+    base V + 1 (x before the start read as -1, digit 0), with the order as the leading digit:
+        c_n(t) = n·(V+1)^n + Σ_{k<n} (x_{t-k} + 1)·(V+1)^k,
+    so codes of different orders or tokens never coincide. The sorted codes of the vocabulary
+    are a buffer (saved with the weights); a lookup is a binary search.
+    """
+
+    ABSENT = torch.iinfo(torch.int64).max  # fills unused vocabulary slots; no code reaches it
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.base = cfg.vocab_size + 1
+        self.orders = range(2, cfg.ngram_n + 1)
+        self.table = nn.Embedding(cfg.ngram_buckets + 1, cfg.n_embd)  # row 0: any other n-gram
+        self.register_buffer("codes", torch.full((cfg.ngram_buckets,), self.ABSENT))
+
+    def ngram_codes(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        """c_n(t) for every position of idx (B, T) (or a 1-D stream): codes of the same shape."""
+        shifted = F.pad(idx.long() + 1, (n - 1, 0))  # 0 marks "before the start"
+        T = idx.shape[-1]
+        code = torch.full_like(idx, n, dtype=torch.long)
+        for k in reversed(range(n)):  # Horner: the oldest token is the most significant digit
+            code = code * self.base + shifted[..., n - 1 - k : n - 1 - k + T]
+        return code
+
+    @torch.no_grad()
+    def fit(self, streams: Iterable[torch.Tensor], min_count: int) -> int:
+        """Set the vocabulary from token streams (1-D each, each read as one sequence): the
+        n-grams seen at least min_count times in all, most frequent first (ties: smaller code),
+        as many as there are rows. Returns how many were kept."""
+        codes, counts = [], []
+        for stream in streams:
+            for n in self.orders:
+                unique, seen = torch.unique(self.ngram_codes(stream, n), return_counts=True)
+                codes.append(unique)
+                counts.append(seen)
+        if not codes:
+            return 0
+        unique, where = torch.unique(torch.cat(codes), return_inverse=True)  # sorted codes
+        total = torch.zeros_like(unique).scatter_add_(0, where, torch.cat(counts))
+        by_count = torch.sort(total, descending=True, stable=True).indices  # ties keep code order
+        frequent = by_count[total[by_count] >= min_count][: len(self.codes)]
+        self.codes.fill_(self.ABSENT)
+        self.codes[: len(frequent)] = torch.sort(unique[frequent]).values
+        return len(frequent)
+
+    def rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """The table row of each code: its place in the vocabulary + 1, or 0 when absent."""
+        place = torch.searchsorted(self.codes, codes).clamp(max=len(self.codes) - 1)
+        return torch.where(self.codes[place] == codes, place + 1, 0)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return sum(self.table(self.rows(self.ngram_codes(idx, n))) for n in self.orders)
+
+
+def ngram_embedding(cfg: ModelConfig) -> nn.Module | None:
+    """The n-gram embeddings model.ngram_* asks for (None when model.ngram_buckets is 0)."""
+    if not cfg.ngram_buckets:
+        return None
+    return CountedNgramEmbedding(cfg) if cfg.ngram_min_count else NgramEmbedding(cfg)
 
 
 def sinusoidal_positions(max_positions: int, width: int, base: float = 10000.0) -> torch.Tensor:
