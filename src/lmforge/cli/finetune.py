@@ -53,6 +53,14 @@ def add_finetune(verbs: argparse._SubParsersAction, config_keys: str) -> None:
         help="first continue the base's MLM (BERT) or CLM (GPT) for N steps on the --train "
         "texts (domain-adaptive pretraining, in RUN/domain_adapt; default 0: off)",
     )
+    classify.add_argument(
+        "--from-scratch",
+        type=Path,
+        metavar="CONFIG",
+        help="instead of --base: train a tokenizer and a new base of CONFIG (model.*, train.*, "
+        "finetune.*) on the --train texts first, for --pretrain-steps N steps (default: CONFIG's "
+        "train.max_steps); configs/classify-small.yaml is the CPU recipe",
+    )
     lm = tasks.add_parser("lm", help="continued pretraining on prepared text")
     lm.add_argument("--data", type=Path, help="data directory (lmforge prepare)")
     sft = tasks.add_parser("sft", help="prompt -> completion pairs from JSONL")
@@ -110,17 +118,25 @@ REQUIRED = {
 
 def _check_flags(args: argparse.Namespace) -> None:
     if args.resume is not None:
-        given = [f for f in (*REQUIRED[args.task], "config") if getattr(args, f) is not None]
+        names = (*REQUIRED[args.task], "config", "from_scratch")
+        given = [f for f in names if getattr(args, f, None) is not None]
         if given:
-            flag = "--task" if given[0] == "tasks" else f"--{given[0]}"
+            flag = "--task" if given[0] == "tasks" else f"--{given[0].replace('_', '-')}"
             raise LMForgeError(
                 f"--resume RUN takes the run's own settings; drop {flag} (change train.* with "
                 "--set)"
             )
         return
+    scratch = getattr(args, "from_scratch", None) is not None
+    if scratch and args.base is not None:
+        raise LMForgeError("give --base RUN or --from-scratch CONFIG, not both")
     for name in REQUIRED[args.task]:
+        if name == "base" and scratch:
+            continue
         if getattr(args, name) is None:
             flag = "--task NAME=FILE" if name == "tasks" else f"--{name}"
+            if name == "base" and args.task == "classify":
+                flag = "--base RUN (or --from-scratch CONFIG)"
             raise LMForgeError(f"finetune {args.task} needs {flag} (or --resume RUN)")
 
 
@@ -139,6 +155,10 @@ def run_finetune(args: argparse.Namespace) -> None:
     sets = [*args.set, *_lora_sets(args)]
     if args.resume is not None:
         summary = finetune.resume_finetune(args.resume, sets, args.task)
+    elif args.task == "classify" and args.from_scratch is not None:
+        summary = finetune.finetune_classify_from_scratch(
+            args.from_scratch, _classify_flags(args), sets, args.out, args.overwrite, args.config
+        )
     elif args.task == "classify":
         summary = finetune.finetune_classify(
             finetune.resolve("classify", args.base, args.config, sets, _classify_flags(args)),

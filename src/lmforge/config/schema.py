@@ -441,6 +441,11 @@ class FinetuneConfig:
         "the training texts for this many steps (domain-adaptive pretraining; 0: off)",
     )
     pretrain_lr: float = param(1e-4, "classify: peak learning rate of those pretrain_steps")
+    from_scratch: str = param(
+        "",
+        "classify: the config whose new base was trained on the training texts first (set by "
+        "--from-scratch CONFIG; pretrain_steps are then that base's steps)",
+    )
     pooling: str = param(
         "auto",
         "classify/multitask: the sequence vector the classifier reads: cls (a BERT's pooled "

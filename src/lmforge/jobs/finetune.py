@@ -54,6 +54,7 @@ from lmforge.evaluate import (
 )
 from lmforge.jobs.domain_adapt import adapted_base, with_adapted_base
 from lmforge.jobs.evaluate import score_generation
+from lmforge.jobs.from_scratch import scratch_base, start_from_scratch
 from lmforge.jobs.run_control import check_new_run_dir, main_rank_lock, newest_checkpoint
 from lmforge.jobs.session import TrainingPlan, train
 from lmforge.model.lora import add_lora, lora_layers, trainable_share
@@ -155,14 +156,35 @@ def finetune_classify(
         return _classify(cfg, out, overwrite, resume)
 
 
+def finetune_classify_from_scratch(
+    config: Path,
+    flags: Mapping[str, Any],
+    sets: list[str],
+    out: Path,
+    overwrite: bool = False,
+    path: Path | None = None,
+) -> dict[str, Any]:
+    """`finetune classify --from-scratch CONFIG`: a tokenizer and a base of CONFIG trained on the
+    training texts first, then the classifier (see lmforge.jobs.from_scratch)."""
+    with main_rank_lock(out, "lmforge finetune classify"):
+        _start(out, overwrite, resume=False)
+        cfg, tokenizer = start_from_scratch(config, flags, sets, out, path)
+        data = load_data(cfg, tokenizer)
+        cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)
+        ckpt.write_run_files(out, cfg, tokenizer)  # from here on, --resume RUN finds the run
+        return _classify(cfg, out, False, True)
+
+
 def _classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[str, Any]:
+    if cfg.finetune.from_scratch:
+        scratch_base(out)
     tokenizer = _base_tokenizer(cfg)
     data = load_data(cfg, tokenizer)
     if not resume:
         cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)
     resume_from = _start_classify(cfg, out, overwrite, resume)
     build_cfg = cfg
-    if cfg.finetune.pretrain_steps:
+    if cfg.finetune.pretrain_steps and not cfg.finetune.from_scratch:
         if not resume:  # --resume finds the run while its base is still adapting
             ckpt.write_run_files(out, cfg, tokenizer)
         examples = read_examples(
@@ -196,7 +218,7 @@ def _classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[
 def _start_classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> Path | None:
     """As _start; a run resumed while (or right after) adapting its base has no classifier
     checkpoint yet, and its classifier starts afresh."""
-    if resume and cfg.finetune.pretrain_steps:
+    if resume and (cfg.finetune.pretrain_steps or cfg.finetune.from_scratch):
         checkpoints = ckpt.list_checkpoints(out)
         return checkpoints[-1] if checkpoints else None
     return _start(out, overwrite, resume)

@@ -69,7 +69,9 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, pat
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)))
+            wanted = _saved_part(tensors, path)
+            dcp.load(wanted, storage_reader=HuggingFaceStorageReader(str(path)))
+            tensors.update(wanted)
     except Exception as exc:  # DCP raises many types for missing keys and damaged files
         raise CheckpointError(
             f"{path}: the optimizer state does not fit this model or is damaged ({exc}); "
@@ -79,3 +81,20 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         set_optimizer_state_dict(model, optimizer, flat, options=_FLAT)
+
+
+def _saved_part(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The entries of tensors to read from the checkpoint at path: all of them, less every
+    parameter with no state saved at all. AdamW keeps no state for a parameter that has never
+    had a gradient (a BERT's NSP head under objective mlm); its zeros here are that same fresh
+    state. A parameter with only part of its state saved is left in, and fails to load."""
+    saved = set(HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata)
+    stateless = {
+        key.rsplit(".", 1)[0] for key in tensors if key.startswith("state.") and key not in saved
+    }
+    stateless = {
+        param
+        for param in stateless
+        if not any(k.startswith(param + ".") and k in saved for k in tensors)
+    }
+    return {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in stateless}
