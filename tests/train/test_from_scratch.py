@@ -96,7 +96,9 @@ def test_pretrain_steps_and_sets_override_the_recipe(task, tmp_path: Path) -> No
     sets = ["train.lr=5e-4", "finetune.pooling=cls", "finetune.epochs=1"]
     flags = _flags(task, pretrain_steps=3)
     finetune.finetune_classify_from_scratch(task["recipe"], flags, sets, out)
-    assert read_run_config(out / SCRATCH_DIR / "base").train.max_steps == 3
+    base = read_run_config(out / SCRATCH_DIR / "base")
+    assert base.train.max_steps == 3
+    assert base.train.lr == 5e-4  # --set train.* reaches both stages
     cfg = read_run_config(out)
     assert (cfg.train.lr, cfg.finetune.pooling, cfg.finetune.epochs) == (5e-4, "cls", 1.0)
     assert not (out / "domain_adapt").exists()  # its steps made the base; nothing adapts it

@@ -5,8 +5,9 @@ a new base of CONFIG's model, which then becomes the classifier's base. One conf
 the whole recipe: its model.* and data.* make the base; its train.* trains both stages, each
 setting the keys that are its own (the base: objective mlm for a BERT or clm for a GPT, and
 finetune.pretrain_steps steps, or CONFIG's train.max_steps; the classifier: steps from
-finetune.epochs, warmup, evaluation, best metric); its finetune.* is the classifier's. Flags
-and --set still come last.
+finetune.epochs, warmup, evaluation, best metric); its finetune.* is the classifier's. Flags,
+then --config and --set, come last; their train.* reach both stages too (train.seed, dtype,
+device, progress, lr, ...).
 
 Everything lives in the classify run directory, so `--resume RUN` continues where it stopped:
 
@@ -66,7 +67,11 @@ def start_from_scratch(
         pair_column=flags.get("text_pair_column") or None,
     )
     tokenizer = _prepare(root, examples, user)
-    base = _base_config(user, root, tokenizer, int(flags.get("pretrain_steps") or 0))
+    given = apply_overrides(read_config_file(path) if path else {}, sets)
+    both = [f"train.{k}={json.dumps(v)}" for k, v in (given.get("train") or {}).items()]
+    both = [item for item in both if item.split("=")[0][6:] not in _PRETRAIN_OWN]
+    steps = int(flags.get("pretrain_steps") or 0)
+    base = _base_config(apply_overrides(user, both), root, tokenizer, steps)
     write_text_atomic(root / "pretrain.json", json.dumps(to_dict(base), indent=2))
     stage = [*_classify_sets(user), *(_as_sets(read_config_file(path)) if path else []), *sets]
     finetune = {**flags, "from_scratch": str(config), "pretrain_steps": base.train.max_steps}
