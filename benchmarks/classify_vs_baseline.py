@@ -235,7 +235,12 @@ def lmforge_recipe(
 
 
 def from_scratch_recipe(
-    files: dict[str, Path], config: Path, seed: int, work: Path, budget: float
+    files: dict[str, Path],
+    config: Path,
+    seed: int,
+    work: Path,
+    budget: float,
+    extra: list[str],
 ) -> dict[str, Any]:
     """The recipe as a user runs it: `finetune classify --from-scratch CONFIG`, timed whole."""
     start = time.perf_counter()
@@ -245,7 +250,7 @@ def from_scratch_recipe(
         "text_column": "text",
         "label_column": "label",
     }
-    sets = [f"train.seed={seed}", "train.progress=false"]
+    sets = [f"train.seed={seed}", "train.progress=false", *extra]
     out = work / "recipe"
     summary = finetune_job.finetune_classify_from_scratch(config, flags, sets, out, overwrite=True)
     trained_at = time.perf_counter() - start
@@ -299,6 +304,9 @@ def main() -> None:
         help="run the recipe as users do (finetune classify --from-scratch CONFIG) instead of "
         "the step-by-step pipeline above; e.g. configs/classify-small.yaml",
     )
+    parser.add_argument(
+        "--recipe-set", nargs="*", default=[], help="--set items for --from-scratch (sweeps)"
+    )
     parser.add_argument("--skip-lmforge", action="store_true", help="the baseline only")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lmforge-classify"))
     args = parser.parse_args()
@@ -314,7 +322,9 @@ def main() -> None:
         log(f"seed {seed} baseline: {record['baseline']}")
         if args.from_scratch is not None:
             budget = args.budget_minutes * 60
-            record["lmforge"] = from_scratch_recipe(files, args.from_scratch, seed, work, budget)
+            record["lmforge"] = from_scratch_recipe(
+                files, args.from_scratch, seed, work, budget, args.recipe_set
+            )
         elif not args.skip_lmforge:
             record["lmforge"] = lmforge_recipe(files, args, seed, chinese, work)
             log(f"seed {seed} lmforge: {record['lmforge']}")
