@@ -27,6 +27,9 @@ lmforge, everything inside --budget-minutes of wall time on this machine (timed,
    of the budget (steps calibrated on this machine first; the calibration counts);
 3. `finetune classify` with the recipe's settings, for the rest of the budget in whole epochs;
    valid picks the epoch kept; 4. `evaluate --classify` on test.
+With --from-scratch CONFIG, steps 1-3 are instead what a user runs, `lmforge finetune classify
+--from-scratch CONFIG` (the same steps, sized by CONFIG, not by the budget), timed as a whole
+and checked against --budget-minutes; then 4.
 The last stdout line is JSON; one record per seed, then mean and spread.
 """
 
@@ -327,6 +330,7 @@ def main() -> None:
             )
         elif not args.skip_lmforge:
             record["lmforge"] = lmforge_recipe(files, args, seed, chinese, work)
+        if "lmforge" in record:
             log(f"seed {seed} lmforge: {record['lmforge']}")
         records.append(record)
     result: dict[str, Any] = {

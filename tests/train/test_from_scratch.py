@@ -134,12 +134,13 @@ def test_a_run_killed_while_its_base_pretrains_resumes_to_the_same_weights(
     [
         (["--base", "somewhere"], "not both"),
         ([], "--base RUN (or --from-scratch CONFIG)"),
+        (["--nproc", "2"], "drop --nproc"),
     ],
 )
-def test_cli_wants_exactly_one_of_base_and_from_scratch(
+def test_cli_refuses_base_with_from_scratch_neither_and_nproc(
     task, tmp_path: Path, capsys, extra: list[str], message: str
 ) -> None:
-    scratch = ["--from-scratch", str(task["recipe"])] if extra else []
+    scratch = ["--from-scratch", str(task["recipe"])] if extra else []  # [] lacks both
     argv = ["finetune", "classify", *scratch, *extra, "--train", str(task["train"])]
     argv += ["--valid", str(task["valid"]), "--out", str(tmp_path / "run")]
     assert main(argv) == 2

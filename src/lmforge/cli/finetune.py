@@ -130,6 +130,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     scratch = getattr(args, "from_scratch", None) is not None
     if scratch and args.base is not None:
         raise LMForgeError("give --base RUN or --from-scratch CONFIG, not both")
+    if scratch and args.nproc > 1:
+        raise LMForgeError("--from-scratch runs in one process; drop --nproc")
     for name in REQUIRED[args.task]:
         if name == "base" and scratch:
             continue
