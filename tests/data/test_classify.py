@@ -278,6 +278,22 @@ def test_length_grouping_pads_less_and_keeps_every_epoch_a_full_shuffle() -> Non
     assert sorted(_rows_of(small(0, 0))) == [0, 1, 2]
 
 
+def test_the_length_grouping_key_reaches_the_training_batches() -> None:
+    from lmforge.config import load_config
+    from lmforge.data.classify import ClassificationData
+    from lmforge.data.sources import classification_sources
+
+    encoded = _encoded(n=203, seed=3)
+    data = ClassificationData(["0", "1", "2"], encoded, _encoded(n=9))
+
+    def padding(grouping: int) -> int:
+        cfg = load_config(None, ["train.batch_size=8", f"finetune.length_grouping={grouping}"])
+        train, _ = classification_sources(cfg, data)
+        return sum(int((~train(step, 0).attention_mask).sum()) for step in range(25))
+
+    assert padding(5) < padding(0) / 2
+
+
 def test_files_to_batches(tmp_path: Path, wordpiece: Tokenizer) -> None:
     rows = "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(TEXTS))
     train = read_examples(

@@ -172,14 +172,21 @@ def finetune_classify_from_scratch(
         data = load_data(cfg, tokenizer)
         cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)
         ckpt.write_run_files(out, cfg, tokenizer)  # from here on, --resume RUN finds the run
-        return _classify(cfg, out, False, True)
+        return _classify(cfg, out, False, True, data)
 
 
-def _classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> dict[str, Any]:
+def _classify(
+    cfg: RunConfig,
+    out: Path,
+    overwrite: bool,
+    resume: bool,
+    data: ClassificationData | None = None,
+) -> dict[str, Any]:
+    """The classify run; data: the splits already encoded with the base's tokenizer, if any."""
     if cfg.finetune.from_scratch:
         scratch_base(out)
     tokenizer = _base_tokenizer(cfg)
-    data = load_data(cfg, tokenizer)
+    data = data or load_data(cfg, tokenizer)
     if not resume:
         cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)
     resume_from = _start_classify(cfg, out, overwrite, resume)
