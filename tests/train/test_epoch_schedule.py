@@ -3,13 +3,14 @@
 import pytest
 
 from lmforge.config import FinetuneConfig, RunConfig, TrainConfig
+from lmforge.errors import ConfigError
 from lmforge.jobs.finetune import epoch_schedule
 
 
-def _cfg(warmup_fraction: float) -> RunConfig:
+def _cfg(warmup_fraction: float, cap: int = 0) -> RunConfig:
     return RunConfig(
         train=TrainConfig(objective="classify", best_metric="val_accuracy"),
-        finetune=FinetuneConfig(epochs=3.0, warmup_fraction=warmup_fraction),
+        finetune=FinetuneConfig(epochs=3.0, warmup_fraction=warmup_fraction, max_steps=cap),
     )
 
 
@@ -36,3 +37,21 @@ def test_the_rest_of_the_config_is_kept() -> None:
         cfg.lora,
     )
     assert (scheduled.train.lr, scheduled.train.schedule) == (cfg.train.lr, cfg.train.schedule)
+
+
+@pytest.mark.parametrize(
+    ("cap", "steps", "warmup", "interval"),
+    [(120, 120, 12, 100), (50, 50, 5, 50), (300, 300, 30, 100), (1000, 300, 30, 100)],
+)
+def test_finetune_max_steps_caps_the_schedule_and_its_warmup(
+    cap: int, steps: int, warmup: int, interval: int
+) -> None:
+    train = epoch_schedule(_cfg(0.1, cap), 300, 100, valid_batches=3).train
+    assert train.max_steps == steps  # 3 epochs of 100 steps, or the cap when fewer
+    assert train.warmup_steps == warmup  # a share of the steps actually run
+    assert train.eval_interval == interval  # each epoch, or once at the end when shorter
+
+
+def test_a_negative_step_cap_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"finetune\.max_steps"):
+        FinetuneConfig(max_steps=-1)

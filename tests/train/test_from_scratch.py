@@ -2,6 +2,7 @@
 texts only (never the validation texts or labels), CONFIG's settings reaching each stage, the
 CLI's flag checks, and a run killed while its base pretrains resuming to the same weights."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -102,6 +103,20 @@ def test_pretrain_steps_and_sets_override_the_recipe(task, tmp_path: Path) -> No
     cfg = read_run_config(out)
     assert (cfg.train.lr, cfg.finetune.pooling, cfg.finetune.epochs) == (5e-4, "cls", 1.0)
     assert not (out / "domain_adapt").exists()  # its steps made the base; nothing adapts it
+
+
+def test_finetune_max_steps_ends_the_classifier_schedule_early(task, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = ["finetune.max_steps=8"]  # 2 epochs would be 12 steps
+    summary = finetune.finetune_classify_from_scratch(task["recipe"], _flags(task), sets, out)
+    cfg = read_run_config(out)
+    assert read_run_config(out / SCRATCH_DIR / "base").train.max_steps == 6  # the base's own
+    assert (cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.eval_interval) == (8, 1, 6)
+    assert summary["steps"] == 8
+    assert summary["epochs"] == 1.33
+    records = map(json.loads, (out / "metrics.jsonl").open(encoding="utf-8"))
+    evaluated = [r["step"] for r in records if "val_loss" in r]
+    assert evaluated == [0, 6, 8]  # every epoch, and the last step
 
 
 def test_a_run_killed_while_its_base_pretrains_resumes_to_the_same_weights(

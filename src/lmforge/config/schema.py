@@ -425,6 +425,11 @@ class FinetuneConfig:
     text_pair_column: str = param("", "column of the second text of pair tasks; empty for none")
     label_column: str = param("label", "column holding the label (a string or an integer)")
     epochs: float = param(3.0, "passes over the training examples (BERT: 2 to 4)")
+    max_steps: int = param(
+        0,
+        "classify/multitask: at most this many optimizer steps, when finetune.epochs would take "
+        "more (the lr schedule then ends there; 0: no cap)",
+    )
     warmup_fraction: float = param(0.1, "share of the steps spent warming the lr up (BERT: 0.1)")
     class_weights: str = param(
         "none", "none, or balanced: weight each class's loss by n / (classes · count of class)"
@@ -468,6 +473,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "finetune.epochs must be > 0")
+        require(self.max_steps >= 0, "finetune.max_steps must be >= 0 (0 = no cap)")
         require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
         require(self.task_temperature > 0, "finetune.task_temperature must be > 0")
         require(0 <= self.label_smoothing < 1, "finetune.label_smoothing must be in [0, 1)")

@@ -122,8 +122,12 @@ def _base_tokenizer(cfg: RunConfig) -> Tokenizer:
 
 
 def epoch_schedule(cfg: RunConfig, max_steps: int, per_epoch: int, valid_batches: int) -> RunConfig:
-    """cfg with max_steps, a warmup of finetune.warmup_fraction, and an eval and a save every
-    epoch over all valid_batches."""
+    """cfg with max_steps (at most finetune.max_steps when that is set), a warmup of
+    finetune.warmup_fraction of them, and an eval and a save every epoch over all valid_batches
+    (and after the last step)."""
+    if cfg.finetune.max_steps:
+        max_steps = min(max_steps, cfg.finetune.max_steps)
+    per_epoch = min(per_epoch, max_steps)
     train = replace(
         cfg.train,
         max_steps=max_steps,
