@@ -451,6 +451,12 @@ class FinetuneConfig:
         "classify: the config whose new base was trained on the training texts first (set by "
         "--from-scratch CONFIG; pretrain_steps are then that base's steps)",
     )
+    soup: int = param(
+        1,
+        "classify: fine-tune N classifiers from the base (one head initialisation, each its own "
+        "batch order and dropout) and average their weights into the run's model (a model "
+        "soup: about an ensemble's accuracy at one model's cost; N times the training); 1: off",
+    )
     pooling: str = param(
         "auto",
         "classify/multitask: the sequence vector the classifier reads: cls (a BERT's pooled "
@@ -473,6 +479,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "finetune.epochs must be > 0")
+        require(self.soup >= 1, "finetune.soup must be >= 1 (1 = one classifier, no soup)")
         require(self.max_steps >= 0, "finetune.max_steps must be >= 0 (0 = no cap)")
         require(self.freeze_layers >= 0, "finetune.freeze_layers must be >= 0")
         require(self.task_temperature > 0, "finetune.task_temperature must be > 0")

@@ -52,6 +52,7 @@ from lmforge.evaluate import (
     format_classification_report,
     format_confusion_matrix,
 )
+from lmforge.jobs import soup
 from lmforge.jobs.domain_adapt import adapted_base, with_adapted_base
 from lmforge.jobs.evaluate import score_generation
 from lmforge.jobs.from_scratch import scratch_base, start_from_scratch
@@ -187,6 +188,7 @@ def _classify(
     data: ClassificationData | None = None,
 ) -> dict[str, Any]:
     """The classify run; data: the splits already encoded with the base's tokenizer, if any."""
+    soup.check_soup(cfg, launched_world_size())
     if cfg.finetune.from_scratch:
         scratch_base(out)
     tokenizer = _base_tokenizer(cfg)
@@ -210,20 +212,53 @@ def _classify(
     loss = partial(
         classification_loss, class_weights=weights, label_smoothing=cfg.finetune.label_smoothing
     )
-    plan = TrainingPlan(
-        objective=(loss, ClassifierEval(data.labels)),
-        sources=lambda world: classification_sources(world, data),
-        tokenizer=tokenizer,
-        build=lambda: _log_trainable(
-            classifier_model(build_cfg, len(data.labels), base_weights=True)
-        ),
-        run_files=lambda run_dir: save_label_map(data.labels, run_dir / layout.LABELS_FILE),
-    )
-    summary = train(cfg, out, resume_from, plan)
-    if not summary["is_main"]:
-        return summary
-    best = _keep_best(out, summary, data.labels)
-    return _classify_summary(cfg, out, data, summary, best)
+
+    def plan(head_seed: int | None = None) -> TrainingPlan:
+        """The classifier's training; head_seed: draw its head with this seed (soup members),
+        else from the run's seeded generator."""
+        return TrainingPlan(
+            objective=(loss, ClassifierEval(data.labels)),
+            sources=lambda world: classification_sources(world, data),
+            tokenizer=tokenizer,
+            build=lambda: _log_trainable(seeded_classifier(build_cfg, data, head_seed)),
+            run_files=lambda run_dir: save_label_map(data.labels, run_dir / layout.LABELS_FILE),
+        )
+
+    def member(member_cfg: RunConfig, run_dir: Path, start: Path | None, seed: int) -> Any:
+        result = train(member_cfg, run_dir, start, plan(seed))
+        return run_dir / layout.MODEL_FILE, _keep_best_weights(run_dir, result)
+
+    if cfg.finetune.soup > 1 and (first := soup.finished(out, 0)) is not None:
+        summary, best = first["summary"], first  # member 0 (this run) finished before
+    else:
+        summary = train(cfg, out, resume_from, plan())
+        if not summary["is_main"]:
+            return summary
+        best = _keep_best(out, summary, data.labels)
+        if cfg.finetune.soup > 1:
+            soup.mark_finished(out, 0, out / layout.MODEL_FILE, best, summary)
+    if cfg.finetune.soup > 1:
+        best = soup.soup_of(cfg, out, data, soup.train_members(cfg, out, member), build_cfg)
+        plot_confusion_matrix(
+            best["val_confusion_matrix"], data.labels, out / layout.CONFUSION_PLOT
+        )
+    result = _classify_summary(cfg, out, data, summary, best)
+    if cfg.finetune.soup > 1:
+        result["soup"] = {
+            "members": cfg.finetune.soup,
+            "member_valid_accuracy": best["soup_member_accuracy"],
+        }
+    return result
+
+
+def seeded_classifier(cfg: RunConfig, data: ClassificationData, head_seed: int | None) -> nn.Module:
+    """The base under a new classifier head; with head_seed, drawn from that seed without
+    touching the seeded generator the run's dropout continues from."""
+    if head_seed is None:
+        return classifier_model(cfg, len(data.labels), base_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(head_seed)
+        return classifier_model(cfg, len(data.labels), base_weights=True)
 
 
 def _start_classify(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> Path | None:
