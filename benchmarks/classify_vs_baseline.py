@@ -239,6 +239,11 @@ def _scored(
         "best_epoch": summary["best_epoch"],
         "accuracy": round(test["metrics"]["accuracy"], 4),
         "macro_f1": round(test["metrics"]["macro_f1"], 4),
+        **(
+            {"soup_member_valid_accuracy": [round(a, 4) for a in soup["member_valid_accuracy"]]}
+            if (soup := summary.get("soup"))
+            else {}
+        ),
     }
 
 
