@@ -140,6 +140,10 @@ class StopSignals:
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag.item()) and self.signum is None:
-            self.signum = int(flag.item())  # another rank's signal
-        return self.signum is not None
+        # decide on the reduced flag alone: a signal that lands during or just after the
+        # all-reduce (its handler runs when the call returns) is this rank's news only, and
+        # stopping on it here would leave the other ranks waiting in the next step's collectives
+        agreed = int(flag.item())
+        if agreed and self.signum is None:
+            self.signum = agreed  # another rank's signal
+        return agreed != 0
