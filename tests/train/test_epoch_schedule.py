@@ -4,7 +4,7 @@ import pytest
 
 from lmforge.config import FinetuneConfig, RunConfig, TrainConfig
 from lmforge.errors import ConfigError
-from lmforge.jobs.finetune import epoch_schedule
+from lmforge.jobs.classify import epoch_schedule
 
 
 def _cfg(warmup_fraction: float, cap: int = 0) -> RunConfig:

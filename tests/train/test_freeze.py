@@ -14,7 +14,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig, RunConfig, to_dict
 from lmforge.data.batches import Batch
-from lmforge.jobs.finetune import base_model, resolve
+from lmforge.jobs.finetune_start import base_model, resolve
 from lmforge.jobs.session import TrainingPlan, prepare_model
 from lmforge.model import GPT
 from lmforge.rundir import checkpoint as ckpt

@@ -21,7 +21,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lmforge.config import load_config
-from lmforge.jobs import compress, finetune
+from lmforge.jobs import compress, finetune, finetune_start
 from lmforge.jobs.prepare import PrepareOptions, prepare
 from lmforge.jobs.pretrain import pretrain
 from lmforge.rundir import layout
@@ -315,8 +315,8 @@ def test_a_classifier_keeps_its_best_evaluation_not_its_last(tmp_path: Path) -> 
         "last_metrics": {"step": 8, "val_accuracy": 0.7},
     }
     never_improved = {**summary, "best_step": 0}
-    assert finetune._keep_best_weights(run, never_improved)["step"] == 8
+    assert finetune_start.keep_best_weights(run, never_improved)["step"] == 8
     assert load_file(str(run / layout.MODEL_FILE))["w"].item() == 2.0
-    assert finetune._keep_best_weights(run, summary)["val_accuracy"] == 0.9
+    assert finetune_start.keep_best_weights(run, summary)["val_accuracy"] == 0.9
     assert load_file(str(run / layout.MODEL_FILE))["w"].item() == 1.0
     assert load_file(str(run / layout.BEST_DIR / layout.MODEL_FILE))["w"].item() == 1.0

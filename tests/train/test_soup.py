@@ -62,9 +62,10 @@ def test_members_share_the_head_the_run_draws(task, tmp_path: Path) -> None:  # 
     _whole(task, out)
     cfg = read_run_config(out)
     from lmforge.data.classify import load_data
-    from lmforge.jobs.finetune import _base_tokenizer, seeded_classifier
+    from lmforge.jobs.classify import seeded_classifier
+    from lmforge.jobs.finetune_start import base_tokenizer
 
-    data = load_data(cfg, _base_tokenizer(cfg))
+    data = load_data(cfg, base_tokenizer(cfg))
     torch.manual_seed(5)
     drawn = seeded_classifier(cfg, data, None).classifier.weight
     state = torch.get_rng_state()
