@@ -3,7 +3,7 @@ config.json)."""
 
 from dataclasses import dataclass
 
-from lmforge.config.schema import param, require
+from lmforge.config.fields import param, require
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
