@@ -57,10 +57,7 @@ from lmforge.plots import plot_confusion_matrix
 from lmforge.rundir import checkpoint as ckpt
 from lmforge.rundir import layout
 from lmforge.rundir.files import write_text_atomic
-from lmforge.rundir.load import (
-    classifier_model,
-    multitask_model,
-)
+from lmforge.rundir.load import classifier_model, multitask_model
 from lmforge.train.distributed import launched_world_size
 from lmforge.train.evaluators import ClassifierEval, MultiTaskEval
 from lmforge.train.objectives import classification_loss, multitask_loss
