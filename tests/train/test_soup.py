@@ -92,6 +92,24 @@ def test_resume_keeps_finished_members_and_redoes_the_rest(task, tmp_path: Path)
     assert summary["soup"]["members"] == 2
 
 
+def test_resume_after_member_zero_trained_but_was_not_kept(task, tmp_path: Path) -> None:  # noqa: F811
+    """Killed after member 0's last checkpoint, before its done.json: --resume finds the
+    training over (no step is trained again), keeps member 0's best and trains the rest."""
+    whole = tmp_path / "whole"
+    _whole(task, whole)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / soup.SOUP_DIR)
+    (cut / layout.MODEL_FILE).unlink()
+    metrics = (cut / layout.METRICS_FILE).read_text()
+    finetune.resume_finetune(cut, [], "classify")
+    assert (cut / layout.METRICS_FILE).read_text() == metrics
+    expected = load_file(str(whole / layout.MODEL_FILE))
+    got = load_file(str(cut / layout.MODEL_FILE))
+    for name, tensor in expected.items():
+        assert got[name].equal(tensor), name
+
+
 def test_average_weights_means_floats_and_refuses_differing_buffers(tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.st", tmp_path / "b.st", tmp_path / "c.st"
     codes = torch.tensor([3, 1, 2])

@@ -164,6 +164,7 @@ def run_classify(
             tokenizer=tokenizer,
             build=lambda: log_trainable(seeded_classifier(build_cfg, data, head_seed)),
             run_files=lambda run_dir: save_label_map(data.labels, run_dir / layout.LABELS_FILE),
+            resume_finished=True,  # killed before its best epoch was kept: keep it on --resume
         )
 
     def member(member_cfg: RunConfig, run_dir: Path, start: Path | None, seed: int) -> Any:
@@ -295,6 +296,7 @@ def run_multitask(
         build=lambda: log_trainable(multitask_model(cfg, classes, base_weights=True)),
         run_files=lambda run_dir: _write_tasks(run_dir, tasks, specs),
         unused_parameters=True,  # a step trains one task's head; the others get no gradient
+        resume_finished=True,
     )
     summary = train(cfg, out, resume_from, plan)
     if not summary["is_main"]:

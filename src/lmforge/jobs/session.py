@@ -73,6 +73,9 @@ class TrainingPlan:
                LoRA adapters, a pruned model (default: randomly initialised from cfg.model).
     run_files: writes a run's extra files (labels.json, tasks.json, ...) once, at the start.
     unused_parameters: tells DDP that a step may leave some parameters without a gradient.
+    resume_finished: resuming a run whose training is over (train.max_steps reached or stopped
+               early) returns its summary instead of refusing, so the work a job does after
+               training (keeping the best epoch, averaging a soup) completes after a kill there.
     """
 
     objective: tuple[Objective, Evaluator | None] | None = None
@@ -81,6 +84,7 @@ class TrainingPlan:
     build: Callable[[], torch.nn.Module] | None = None
     run_files: Callable[[Path], None] | None = None
     unused_parameters: bool = False  # some parameters get no gradient in a step (task heads)
+    resume_finished: bool = False
 
 
 def _objective(cfg: RunConfig) -> tuple[Objective, Evaluator | None]:
@@ -358,8 +362,13 @@ def same_global_batch(cfg: RunConfig, saved: dict[str, Any], world_size: int) ->
     return replace(cfg, train=replace(cfg.train, batch_size=rows // world_size))
 
 
-def _check_resumable(cfg: RunConfig, run_dir: Path, trainer: Trainer) -> None:
+def _check_resumable(cfg: RunConfig, run_dir: Path, trainer: Trainer, finished_ok: bool) -> None:
+    """Refuse to resume a run with nothing left to train (unless finished_ok: then only say so)."""
     start = trainer.state.step
+    over = trainer.state.stopped_early or start >= cfg.train.max_steps
+    if over and finished_ok:
+        log.info("%s: training already ended at step %d; finishing the run", run_dir, start)
+        return
     if trainer.state.stopped_early:
         raise LMForgeError(
             f"{run_dir} stopped early at step {start} (train.patience={cfg.train.patience}); "
@@ -401,7 +410,7 @@ def _train_here(
         if saved.get("optimizer") is None:  # saved apart, sharded: read at this world size
             path = resume_from / layout.STATE_DIR / layout.OPTIMIZER_DIR
             load_optimizer_state(model, optimizer, path)
-    _check_resumable(cfg, run_dir, trainer)
+    _check_resumable(cfg, run_dir, trainer, plan.resume_finished)
     if ctx.is_main:
         if resume_from is None:  # a run started over: the records of its killed first attempt
             (run_dir / layout.METRICS_FILE).unlink(missing_ok=True)
