@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from lmforge.cli.main import main
 from lmforge.config import load_config
 from lmforge.jobs import compress, finetune, finetune_start
 from lmforge.jobs.prepare import PrepareOptions, prepare
@@ -253,8 +254,7 @@ def _command(kind: str, w: dict[str, Path], out: Path, batch: int) -> list[str]:
 def test_two_processes_follow_one_process_with_the_whole_batch(
     world: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
-    one = _cli(*_command(kind, world, tmp_path / "one", 8))
-    assert one.returncode == 0, one.stderr
+    assert main(_command(kind, world, tmp_path / "one", 8)) == 0  # in-process: no start-up
     two = _cli(*_command(kind, world, tmp_path / "two", 4), "--nproc", "2")
     assert two.returncode == 0, two.stderr
     assert "2 processes" in two.stderr
@@ -272,17 +272,18 @@ def test_two_processes_follow_one_process_with_the_whole_batch(
 
 
 def test_the_cli_resumes_each_verb_from_the_run_alone(
-    world: dict[str, Path], tmp_path: Path
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """`--resume RUN` needs none of the flags that start a run, refuses them, and names the
     verb that made the run when another one is used."""
     run = tmp_path / "sst"
     _classify(world, run, [])
     shutil.rmtree(sorted((run / layout.CHECKPOINTS_DIR).glob("step_*"))[-1])
-    done = _cli("finetune", "classify", "--resume", str(run))
-    assert done.returncode == 0, done.stderr
-    assert f"-> {run}" in done.stdout
-    assert "best epoch" in done.stdout
+    capsys.readouterr()
+    assert main(["finetune", "classify", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {run}" in out
+    assert "best epoch" in out
     errors = {
         ("finetune", "classify"): "finetune classify needs --base",
         ("finetune", "classify", "--resume", str(run), "--train", "x.tsv"): "drop --train",
@@ -291,11 +292,12 @@ def test_the_cli_resumes_each_verb_from_the_run_alone(
         ("compress", "distill", "--out", str(tmp_path / "d")): "needs --teacher",
         ("compress", "prune", "--resume", str(run)): "unreadable",
     }
-    for args, needle in errors.items():
-        failed = _cli(*args)
-        assert failed.returncode == 2, (args, failed.stderr)
-        assert needle in failed.stderr, (args, failed.stderr)
-        assert "Traceback" not in failed.stderr
+    for args, needle in errors.items():  # in-process: the CLI's own error path, no start-up
+        code = main(list(args))
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert needle in err, (args, err)
+        assert "Traceback" not in err
 
 
 def test_a_classifier_keeps_its_best_evaluation_not_its_last(tmp_path: Path) -> None:
