@@ -166,3 +166,29 @@ def test_resume_refuses_from_scratch_again(task, tmp_path: Path, capsys) -> None
     argv = ["finetune", "classify", "--resume", str(tmp_path), "--from-scratch", "x.yaml"]
     assert main(argv) == 2
     assert "drop --from-scratch" in capsys.readouterr().err
+
+
+def test_a_run_stopped_while_preparing_starts_over_and_resume_says_so(
+    task, tmp_path: Path, capsys
+) -> None:
+    """Killed before config.json (its texts half prepared): --resume names the way on, and the
+    same command again starts over without --overwrite; a directory holding anything else is
+    still refused."""
+    out = tmp_path / "run"
+    (out / SCRATCH_DIR / "data").mkdir(parents=True)
+    (out / SCRATCH_DIR / "train_text.txt").write_text("half", encoding="utf-8")
+    assert main(["finetune", "classify", "--resume", str(out)]) == 2
+    assert "run the same `finetune classify --from-scratch` command again" in (
+        capsys.readouterr().err
+    )
+    summary = finetune.finetune_classify_from_scratch(task["recipe"], _flags(task), [], out)
+    assert (out / layout.CONFIG_FILE).is_file()
+    assert summary["steps"] > 0
+    mine = tmp_path / "mine"
+    (mine / SCRATCH_DIR).mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's", encoding="utf-8")
+    argv = ["finetune", "classify", "--from-scratch", str(task["recipe"]), "--out", str(mine)]
+    argv += ["--train", str(task["train"]), "--valid", str(task["valid"])]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "the user's"

@@ -9,6 +9,7 @@ real token) under new classifier layers, trained by epochs through the one sessi
 """
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
@@ -50,7 +51,7 @@ from lmforge.jobs.finetune_start import (
     log_trainable,
     start_run,
 )
-from lmforge.jobs.from_scratch import scratch_base, start_from_scratch
+from lmforge.jobs.from_scratch import scratch_base, start_from_scratch, stopped_while_preparing
 from lmforge.jobs.run_control import main_rank_lock
 from lmforge.jobs.session import TrainingPlan, train
 from lmforge.plots import plot_confusion_matrix
@@ -61,6 +62,8 @@ from lmforge.rundir.load import classifier_model, multitask_model
 from lmforge.train.distributed import launched_world_size
 from lmforge.train.evaluators import ClassifierEval, MultiTaskEval
 from lmforge.train.objectives import classification_loss, multitask_loss
+
+log = logging.getLogger(__name__)
 
 
 def epoch_schedule(cfg: RunConfig, max_steps: int, per_epoch: int, valid_batches: int) -> RunConfig:
@@ -113,7 +116,10 @@ def finetune_classify_from_scratch(
     """`finetune classify --from-scratch CONFIG`: a tokenizer and a base of CONFIG trained on the
     training texts first, then the classifier (see lmforge.jobs.from_scratch)."""
     with main_rank_lock(out, "lmforge finetune classify"):
-        start_run(out, overwrite, resume=False)
+        again = not overwrite and stopped_while_preparing(out)
+        if again:
+            log.warning("notice: %s was stopped while its texts were prepared; starting over", out)
+        start_run(out, overwrite or again, resume=False)
         cfg, tokenizer = start_from_scratch(config, flags, sets, out, path)
         data = load_data(cfg, tokenizer)
         cfg, _ = _epochs(cfg, len(data.train), len(data.valid), cfg.finetune.epochs)

@@ -31,6 +31,7 @@ from lmforge.jobs.classify import (
 )
 from lmforge.jobs.evaluate import score_generation
 from lmforge.jobs.finetune_start import base_model, resolve, start_run
+from lmforge.jobs.from_scratch import stopped_while_preparing
 from lmforge.jobs.run_control import main_rank_lock
 from lmforge.jobs.session import TrainingPlan, train
 from lmforge.model.lora import add_lora, lora_layers
@@ -184,6 +185,11 @@ def resume_finetune(run_dir: Path, sets: list[str], task: str | None = None) -> 
 
 
 def _resume(run_dir: Path, sets: list[str], task: str | None) -> dict[str, Any]:
+    if stopped_while_preparing(run_dir):
+        raise CheckpointError(
+            f"{run_dir} was stopped while its --from-scratch texts were prepared, before the run "
+            "began: run the same `finetune classify --from-scratch` command again (it starts over)"
+        )
     cfg = resume_config(read_run_config(run_dir), sets)
     kind = finetune_kind(run_dir, cfg)
     if task is not None and task != kind:

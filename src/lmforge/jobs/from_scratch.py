@@ -51,6 +51,18 @@ def scratch_dir(out: Path) -> Path:
     return out / SCRATCH_DIR
 
 
+def stopped_while_preparing(out: Path) -> bool:
+    """A --from-scratch run stopped before the classify run itself began (its config.json is
+    written once the texts are prepared): the directory holds nothing but our from_scratch/
+    stage, which a new start redoes from the beginning anyway."""
+    return (
+        out.is_dir()
+        and not out.is_symlink()
+        and [entry.name for entry in out.iterdir()] == [SCRATCH_DIR]
+        and (out / SCRATCH_DIR).is_dir()
+    )
+
+
 def start_from_scratch(
     config: Path, flags: Mapping[str, Any], sets: list[str], out: Path, path: Path | None = None
 ) -> tuple[RunConfig, Tokenizer]:
